@@ -1,0 +1,273 @@
+"""Importance tables h(i, j, a_i, a_j) of the dp-depth method (notes §1 "Extended importance", §2).
+
+One entry measures what it costs to fuse the segment (i, j] into one conv with activation states
+a_i and a_j at its ends (``entry_plan``): the base network keeps its original activations outside
+(i, j), loses every activation strictly inside it, and (i, j] becomes one merge group with its
+padding on the first conv, so the network is exactly what the fused conv would compute. Then:
+
+1. single-conv entries (j = i + 1) re-initialise that conv and its BN (upstream ``reset_layers``);
+2. the network is fine-tuned with a short recipe on ``data.train`` (upstream: 1 epoch of SGD,
+   lr 0.1, Nesterov 0.9, weight decay 1e-5, batch 256, cosine to 0; ``UPSTREAM_RECIPE``);
+3. it is scored on ``data.holdout``: h = Δ top-1 (percentage points) against the base network;
+   Δ loss is kept too.
+
+Fidelity ``smoke`` scores right after the change and skips steps 1 and 2: without training, a
+re-initialised conv scores at chance whatever conv it is, so the entry would measure the data
+set's chance level and not the conv. A smoke single-conv entry with its original end states is
+the base network itself (h = 0), and the others measure removing or adding that one activation.
+
+Normalisation (``normalise``, upstream ``--norm single --alph α``): subtract α·mean(h over the
+single-conv entries) from every entry. Those means are negative at full fidelity, so this is a
+constant bonus per segment that favours keeping activations. Upstream's α: 1.6 (MobileNetV2-1.0),
+1.2 (MobileNetV2-1.4), 1.4 (VGG19).
+
+Entries are independent: they run through an executor (``suite.executors``; in-process by
+default) and each is cached as one JSON file as soon as it comes back, under a directory keyed by
+the base weights, the data, the fidelity and (at full fidelity) the recipe. An interrupted table
+resumes from there without measuring a stored entry again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from methods.dp_depth.solver import Entry, Segment, measured_entries
+from suite.chain import Chain
+from suite.data import DataSplits
+from suite.executors import Executor, InProcessExecutor
+from suite.plan import Plan
+from suite.realize import TrainableNetwork, trainable_network
+from suite.store import config_hash
+from suite.trace import TracedModel
+from suite.train import Accuracy, FinetuneRecipe, evaluate, finetune
+
+Fidelity = Literal["smoke", "full"]
+Progress = Callable[[int, int], None]  # (entries done, entries in the table)
+
+UPSTREAM_RECIPE = FinetuneRecipe(
+    epochs=1, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-5, batch_size=256
+)
+
+
+class CorruptImportanceEntryWarning(UserWarning):
+    """A cached importance entry could not be read; it is measured again and replaced."""
+
+
+class EntryScore(BaseModel):
+    """One measured entry: holdout top-1 (pp) and loss of the entry network minus the base's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    top1_delta: float
+    loss_delta: float
+    fidelity: Fidelity
+
+
+@dataclass(frozen=True)
+class ImportanceTable:
+    """Every requested entry's score; ``computed`` of them were measured now, ``cached`` read."""
+
+    scores: dict[Entry, EntryScore]
+    fidelity: Fidelity
+    computed: int
+    cached: int
+
+    @property
+    def top1_delta(self) -> dict[Entry, float]:
+        """h(i, j, a_i, a_j): the change of holdout top-1, the score the DP maximises."""
+        return {entry: score.top1_delta for entry, score in self.scores.items()}
+
+
+def block_ends(chain: Chain) -> frozenset[int]:
+    """Positions without an original activation (MobileNetV2's linear bottlenecks); none on
+    ResNet or VGG. Only these may carry either activation state."""
+    return frozenset(unit.position for unit in chain.units if unit.act is None)
+
+
+def importance_entries(
+    segments: Iterable[Segment], chain: Chain, add_block_end_activations: bool
+) -> list[Entry]:
+    """The entries to measure for the valid ``segments``.
+
+    With ``add_block_end_activations`` (the a=0 extension, upstream ``--exclude-zeros True``): the
+    entries of ``solver.measured_entries``, where a block end may gain an activation. Without it,
+    one entry per segment with the original states at its ends, so A stays within the original
+    activations.
+    """
+    ends = block_ends(chain)
+    if add_block_end_activations:
+        return measured_entries(segments, ends)
+    return [(i, j, int(i not in ends), int(j not in ends)) for i, j in sorted(segments)]
+
+
+def entry_plan(chain: Chain, entry: Entry) -> Plan:
+    """The network of one entry: original activations outside (i, j), none inside, a_i and a_j
+    at the ends (a_0 is the stem's and always on), and (i, j] as one merge group."""
+    i, j, start_act, end_act = entry
+    activations = set(chain.original_activations) - set(range(i, j + 1))
+    activations |= {p for p, on in ((i, start_act), (j, end_act)) if on and p > 0}
+    boundaries = frozenset(range(1, chain.L + 1)) - frozenset(range(i + 1, j))
+    return Plan(frozenset(activations), boundaries, method="dp-depth importance entry")
+
+
+def entry_network(
+    traced: TracedModel, entry: Entry, reinitialise: bool, seed: int
+) -> TrainableNetwork:
+    """The trainable network of ``entry``; a single conv's conv and BN freshly initialised when
+    ``reinitialise`` (with ``seed``, leaving the caller's random state untouched)."""
+    network = trainable_network(traced, entry_plan(traced.chain, entry))
+    i, j = entry[:2]
+    if reinitialise and j == i + 1:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in network.units[str(j)].modules():
+                if isinstance(module, nn.Conv2d | nn.BatchNorm2d):
+                    module.reset_parameters()
+    return network
+
+
+@dataclass(frozen=True)
+class EntryScorer:
+    """Scores the entries of one table; an executor ships it once to each of its workers."""
+
+    traced: TracedModel
+    data: DataSplits
+    recipe: FinetuneRecipe
+    fidelity: Fidelity
+    base: Accuracy  # of the base network on the holdout
+
+    def __call__(self, entry: Entry) -> tuple[Entry, EntryScore]:
+        """Build, (at full fidelity) re-initialise and fine-tune, and score one entry's network."""
+        full = self.fidelity == "full"
+        network = entry_network(self.traced, entry, reinitialise=full, seed=self.recipe.seed)
+        if full:
+            teacher = self.traced.model if self.recipe.kd_weight > 0 else None
+            finetune(network, self.data, self.recipe, teacher=teacher)
+        accuracy = evaluate(network, self.data.holdout)
+        score = EntryScore(
+            top1_delta=accuracy.top1 - self.base.top1,
+            loss_delta=accuracy.loss - self.base.loss,
+            fidelity=self.fidelity,
+        )
+        return entry, score
+
+
+def importance_table(
+    traced: TracedModel,
+    data: DataSplits,
+    entries: list[Entry],
+    recipe: FinetuneRecipe,
+    fidelity: Fidelity,
+    cache_dir: Path,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> ImportanceTable:
+    """Measure (or read from the cache) every entry of ``entries`` for the base network ``traced``.
+
+    ``recipe`` is the short fine-tune of each entry (unused at ``smoke`` fidelity); ``executor``
+    runs the missing entries (in this process when None), in any order; each result is cached as
+    it arrives.
+    """
+    cache = EntryCache(table_cache_dir(cache_dir, traced, data, recipe, fidelity))
+    scores = {entry: score for entry in entries if (score := cache.read(entry)) is not None}
+    cached = len(scores)
+    missing = [entry for entry in entries if entry not in scores]
+    if progress:
+        progress(cached, len(entries))
+    if missing:
+        scorer = EntryScorer(traced, data, recipe, fidelity, evaluate(traced.model, data.holdout))
+        for entry, score in (executor or InProcessExecutor()).map(scorer, missing):
+            cache.write(entry, score)
+            scores[entry] = score
+            if progress:
+                progress(len(scores), len(entries))
+    return ImportanceTable(
+        {entry: scores[entry] for entry in entries}, fidelity, len(missing), cached
+    )
+
+
+def normalise(importance: dict[Entry, float], alpha: float) -> dict[Entry, float]:
+    """h − α·mean(h over the single-conv entries), upstream's ``--norm single --alph α``."""
+    singles = [h for (i, j, _, _), h in importance.items() if j == i + 1]
+    offset = alpha * sum(singles) / len(singles) if singles else 0.0
+    return {entry: h - offset for entry, h in importance.items()}
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/depthbench/importance`` (``~/.cache`` without XDG)."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "depthbench" / "importance"
+
+
+def table_cache_dir(
+    root: Path, traced: TracedModel, data: DataSplits, recipe: FinetuneRecipe, fidelity: Fidelity
+) -> Path:
+    """The directory of one table's entries: a hash of everything an entry's score depends on."""
+    key = config_hash(
+        {
+            "chain": traced.chain.name,
+            "weights": weights_digest(traced.model),
+            "data": [data.name, data.resolution, data.num_classes, data.seed],
+            "sizes": [len(data.train), len(data.holdout)],
+            "fidelity": fidelity,
+            "recipe": recipe if fidelity == "full" else None,
+        }
+    )
+    return Path(root) / key[:24]
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 over the model's parameter and buffer names, shapes and values."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class EntryCache:
+    """One JSON file per entry in ``directory``, written atomically."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, entry: Entry) -> Path:
+        return self.directory / ("-".join(map(str, entry)) + ".json")
+
+    def read(self, entry: Entry) -> EntryScore | None:
+        """The cached score; None when there is none or it is unreadable (then with a warning)."""
+        path = self.path(entry)
+        if not path.exists():
+            return None
+        try:
+            return EntryScore.model_validate_json(path.read_bytes())
+        except ValidationError as error:
+            warnings.warn(
+                f"importance cache {path} is unreadable ({error.error_count()} errors: "
+                f"{error.errors()[0]['msg']}); measuring entry {entry} again",
+                CorruptImportanceEntryWarning,
+                stacklevel=3,
+            )
+            return None
+
+    def write(self, entry: Entry, score: EntryScore) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(score.model_dump_json())
+            os.replace(temporary, self.path(entry))
+        except BaseException:
+            os.unlink(temporary)
+            raise

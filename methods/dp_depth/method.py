@@ -1,0 +1,224 @@
+"""dp-depth: Kim et al., "Efficient Latency-Aware CNN Depth Compression via Two-Stage Dynamic
+Programming", ICML 2023 (arXiv 2301.12187); specification: docs/method-dp-depth-notes.md.
+
+The algorithm box, as ``plan_dp_depth`` runs it:
+
+    input:  base network (a chain of L conv+BN units), latency budget, prec, α
+    1. tables    T(i, j)            latency of every valid segment fused into one conv
+                                    (ctx.latency_table: measured under the profile, or replayed)
+                 h(i, j, a_i, a_j)  importance of every entry (importance.py), normalised:
+                                    h − α·mean(h over single-conv entries)
+    2. stage 1   T_opt(i, j)        fastest fusion of each activation-free span, with its breaks
+    3. stage 2   I_ext, knapsack    Algorithm 3, then the best activation states under ⌊prec·T0⌋
+    4. plan      A = kept activations, S = merge boundaries (the breaks of the chosen spans)
+
+Steps 2 and 3 are ``solver.solve``, with prec = 20 as upstream unless the table is so fast that
+20 units per ms could not tell its segments apart (``knapsack_precision``). The budget T0 is in
+table units (summed segment latencies): a ``table`` budget is T0 itself, as upstream. A measured
+budget (``ms`` or ``fraction`` of the base network's latency) is met by the deploy network's
+measured end-to-end latency, because sums of segment latencies are not end-to-end latency: T0 is
+searched by bisection over the knapsack's integer time units, between the fastest fusion
+T_opt(0, L) and the sum of the single-unit segments, for the largest T0 whose plan measures
+within the target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from methods.api import Infeasible, MethodResult, PlanContext
+from methods.dp_depth.importance import (
+    UPSTREAM_RECIPE,
+    Fidelity,
+    ImportanceTable,
+    block_ends,
+    default_cache_dir,
+    importance_entries,
+    importance_table,
+    normalise,
+)
+from methods.dp_depth.solver import Entry, Segment, Solution, optimal_merge_table, solve
+from methods.registry import register_method
+from suite.chain import Chain, MergeRule
+from suite.errors import DepthbenchError
+from suite.plan import Plan
+from suite.store import Budget
+from suite.train import FinetuneRecipe
+
+PAPER = "Kim et al., ICML 2023: Efficient Latency-Aware CNN Depth Compression via Two-Stage DP"
+UPSTREAM_PREC = 20  # knapsack units per ms for MobileNetV2 (VGG: 10)
+MIN_BUDGET_UNITS = 673  # upstream MobileNetV2-1.0: 33.67 ms of single-unit segments at prec 20
+
+
+class DpDepthConfig(BaseModel):
+    """The method's knobs; defaults are upstream's MobileNetV2-1.0 settings (notes §1, §2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prec: float | None = Field(
+        None, gt=0, description="knapsack time units per table ms; None: see knapsack_precision"
+    )
+    alpha: float = Field(1.6, ge=0, description="normalisation α (1.2 MBV2-1.4, 1.4 VGG19)")
+    rule: MergeRule = Field("upstream", description="segment rule: upstream adds the stride rule")
+    importance_recipe: FinetuneRecipe = Field(
+        UPSTREAM_RECIPE, description="the short fine-tune of each importance entry"
+    )
+    importance_fidelity: Fidelity | None = Field(
+        None, description="fidelity of the importance table; None: the run's fidelity"
+    )
+    add_block_end_activations: bool = Field(
+        True, description="the a=0 extension: block ends (MobileNetV2) may gain an activation"
+    )
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Step 1's output: what the solver needs, for one chain under one profile."""
+
+    chain: Chain
+    segments: set[Segment]
+    latency: dict[Segment, float]
+    importance: dict[Entry, float]  # normalised h
+    fidelity: Fidelity  # of the importance table
+
+
+@register_method("dp-depth", config=DpDepthConfig, paper=PAPER, aliases=("kim2023",))
+def plan_dp_depth(ctx: PlanContext, budget: Budget, config: DpDepthConfig) -> MethodResult:
+    """Tables → stage 1 and stage 2 at T0 (searched for a measured budget) → plan (A, S)."""
+    if ctx.profile.is_replay and budget.kind != "table":
+        raise DepthbenchError(
+            f"profile {ctx.profile.name!r} replays a latency table and measures nothing, so a "
+            f"{budget.kind!r} budget cannot be checked; give a 'table' budget (T0 in table units)"
+            " or use a measuring profile"
+        )
+    # 1. tables (latency first: it is quick, and fails early on a chain the profile does not fit)
+    latency = ctx.latency_table(config.rule).latency_ms
+    importance = measure_importance(ctx, config)
+    tables = Tables(
+        chain=ctx.chain,
+        segments=set(latency),
+        latency=latency,
+        importance=normalise(importance.top1_delta, config.alpha),
+        fidelity=importance.fidelity,
+    )
+    # 2-4. stage 1, stage 2 and the plan, at T0 = the budget or searched to meet it
+    prec = config.prec or knapsack_precision(tables)
+    if budget.kind == "table":
+        plan = plan_at(tables, budget.value, prec)
+    else:
+        plan = search_t0(ctx, tables, prec, ctx.target_ms(budget))
+    meta = {"importance_computed": importance.computed, "importance_cached": importance.cached}
+    return MethodResult(plan, meta=meta)
+
+
+def measure_importance(ctx: PlanContext, config: DpDepthConfig) -> ImportanceTable:
+    """Step 1's h for the entries of the rule's segments, cached beside the latency tables."""
+    entries = importance_entries(
+        ctx.chain.segments(config.rule), ctx.chain, config.add_block_end_activations
+    )
+    return importance_table(
+        ctx.traced,
+        ctx.data,
+        entries,
+        config.importance_recipe,
+        config.importance_fidelity or ctx.fidelity,
+        importance_cache_dir(ctx),
+        progress=lambda done, total: ctx.report("importance table", done, total),
+    )
+
+
+def importance_cache_dir(ctx: PlanContext) -> Path:
+    """Beside the run's latency-table cache when it has one, else the user cache directory."""
+    if ctx.table_cache is not None:
+        return ctx.table_cache.path.parent / "importance"
+    return default_cache_dir()
+
+
+def knapsack_precision(tables: Tables) -> float:
+    """Upstream's 20 units per ms, made finer for tables faster than upstream's MobileNetV2-1.0.
+
+    At 20 units per ms, a CPU table of 0.01 ms segments would round every segment to 0 units and
+    the budget would constrain nothing; so the single-unit segments together span at least
+    ``MIN_BUDGET_UNITS`` units, as upstream's do. Upstream tables keep prec 20.
+    """
+    singles = sum(tables.latency[(p - 1, p)] for p in range(1, tables.chain.L + 1))
+    return max(UPSTREAM_PREC, MIN_BUDGET_UNITS / singles)
+
+
+def plan_at(tables: Tables, t0: float, prec: float) -> Plan:
+    """Steps 2-4 at budget T0 (table units); no plan within T0 is Infeasible, with the reason."""
+    try:
+        solution = solve(
+            tables.chain.L,
+            tables.segments,
+            tables.latency,
+            tables.importance,
+            t0,
+            prec,
+            block_ends(tables.chain),
+        )
+    except DepthbenchError as error:
+        # the tables are complete by construction, so the solver's only complaint is the budget
+        raise Infeasible(f"dp-depth: {error}") from error
+    return to_plan(solution, t0, prec, tables.fidelity)
+
+
+def to_plan(solution: Solution, t0: float, prec: float, fidelity: Fidelity) -> Plan:
+    """Step 4: A and S, with what produced them in the plan's meta."""
+    return Plan(
+        activations=solution.activations,
+        boundaries=solution.boundaries,
+        method="dp-depth",
+        meta={
+            "T0": t0,
+            "prec": prec,
+            "objective": solution.objective,
+            "table_latency": solution.table_latency,
+            "discretized_latency": solution.discretized_latency,
+            "importance_fidelity": fidelity,
+        },
+    )
+
+
+def search_t0(ctx: PlanContext, tables: Tables, prec: float, target_ms: float) -> Plan:
+    """The plan of the largest T0 whose deploy network measures at most ``target_ms``.
+
+    Bisection over integer knapsack units B, from the sum of the single-unit segments down to
+    the fastest fusion T_opt(0, L); unit B is solved at T0 = (B + ½) / prec, so that
+    ⌊prec·T0⌋ = B whatever the float rounding. Measured latency need not be monotone in T0;
+    bisection assumes it is, and the plan it returns was measured within the target.
+    """
+    L = tables.chain.L
+    fastest = optimal_merge_table(L, tables.segments, tables.latency).time[(0, L)]
+    low = math.floor(prec * fastest)
+    high = math.ceil(prec * sum(tables.latency[(p - 1, p)] for p in range(1, L + 1)))
+    steps = math.ceil(math.log2(high - low + 1)) + 2
+    tried: dict[int, tuple[Plan, float]] = {}
+
+    def fits(units: int) -> bool:
+        plan = plan_at(tables, (units + 0.5) / prec, prec)
+        tried[units] = (plan, ctx.measure_plan(plan).median_ms)
+        ctx.report("T0 search", len(tried), steps)
+        return tried[units][1] <= target_ms
+
+    if fits(high):
+        best = high
+    elif not fits(low):
+        raise Infeasible(
+            f"dp-depth: even the fastest fusion (T0 = {(low + 0.5) / prec:g} table units) "
+            f"measures {tried[low][1]:.4g} ms under {ctx.profile.name}, above the budget "
+            f"{target_ms:.4g} ms"
+        )
+    else:
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        best = low
+    plan, latency = tried[best]
+    search = [[candidate.meta["T0"], ms] for _, (candidate, ms) in sorted(tried.items())]
+    meta = {**plan.meta, "target_ms": target_ms, "measured_ms": latency, "T0_search": search}
+    return Plan(plan.activations, plan.boundaries, method=plan.method, meta=meta)
