@@ -31,12 +31,12 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from suite.errors import DepthbenchError
+from suite.yaml_input import load_yaml_model
 
 REPLAY = "replay"
 PROFILE_PATH_ENV = "DEPTHBENCH_PROFILE_PATH"
@@ -76,8 +76,9 @@ class Protocol(_Strict):
 
     Warm up for ``warmup_s``; then time single inferences until at least ``min_iterations`` *and*
     ``min_seconds`` are reached; do that ``repeats`` times, each with a fresh session or engine.
-    Stability gate: if the coefficient of variation of the samples exceeds ``max_cov``, measure
-    again, up to ``max_remeasure`` more times, and flag the result unstable if it never passes.
+    Stability gate: if the robust coefficient of variation of the samples, IQR / (1.349 median),
+    exceeds ``max_cov``, measure again, up to ``max_remeasure`` more times, and flag the result
+    unstable if it never passes (``suite.harness`` says why the gate is robust).
     """
 
     warmup_s: float = Field(ge=0)
@@ -328,44 +329,10 @@ def list_profiles() -> list[Profile]:
 
 def read_profile(path: Path) -> Profile:
     """Parse and validate one profile file; every problem names the file, the field and the fix."""
-    if not path.is_file():
-        raise DepthbenchError(f"profile file {path} does not exist")
-    try:
-        content = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise DepthbenchError(f"profile {path}: not valid YAML: {err}") from err
-    if not isinstance(content, dict):
-        raise DepthbenchError(
-            f"profile {path}: expected a mapping of fields, found {type(content).__name__}"
-        )
-    try:
-        profile = Profile.model_validate(content)
-    except ValidationError as err:
-        problems = "\n".join(f"  - {_describe(error)}" for error in err.errors())
-        raise DepthbenchError(f"profile {path} is invalid:\n{problems}") from err
+    profile = load_yaml_model(Profile, path, "profile")
     if profile.name != path.stem:
         raise DepthbenchError(
             f"profile {path}: field 'name' is {profile.name!r} but must equal the file name "
             f"{path.stem!r}"
         )
     return profile
-
-
-def _describe(error: dict[str, Any]) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        allowed = _fields_at(Profile, error["loc"][:-1])
-        return f"field {where!r}: unknown field; allowed here: {', '.join(allowed)}"
-    if error["type"] == "missing":
-        return f"field {where!r}: required but missing"
-    return f"field {where!r}: {error['msg'].removeprefix('Value error, ')}"
-
-
-def _fields_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
-    """The field names of the (nested) model that ``loc`` points into."""
-    for part in loc:
-        annotation = model.model_fields[part].annotation
-        model = next(
-            a for a in getattr(annotation, "__args__", (annotation,)) if a is not type(None)
-        )
-    return list(model.model_fields)

@@ -78,6 +78,9 @@ class CellRecord(BaseModel):
     latency_ms_p99: float | None = None
     latency_ms_iqr: float | None = None
     latency_cov: float | None = Field(None, description="coefficient of variation (std / mean)")
+    latency_robust_cov: float | None = Field(
+        None, description="IQR / (1.349 median): the stability gate's statistic"
+    )
     latency_ms_ci_low: float | None = Field(None, description="confidence interval of the median")
     latency_ms_ci_high: float | None = None
     latency_samples: int | None = None

@@ -18,7 +18,7 @@ from suite.chain import ConvSpec
 from suite.cli_harness import register
 from suite.errors import DepthbenchError
 from suite.export import export_onnx, write_conv_onnx
-from suite.harness import UnstableMeasurementWarning, measure, summarize
+from suite.harness import UnstableMeasurementWarning, measure, stability_gate, summarize
 from suite.profiles import load_profile, read_profile
 from suite.store import CellRecord
 
@@ -61,6 +61,7 @@ def test_statistics_match_brute_force(values):
     assert stats.cov == pytest.approx(
         statistics.stdev(values) / statistics.fmean(values), abs=1e-12
     )
+    assert stats.robust_cov == pytest.approx(iqr / 1.349 / statistics.median(values), abs=1e-9)
     assert min(values) <= stats.ci_low_ms <= stats.ci_high_ms <= max(values)
 
 
@@ -205,3 +206,23 @@ def test_cli_measure_prints_statistics_and_turns_errors_into_exit_1(conv_onnx):
 
     assert measured.exit_code == 0 and "median" in measured.output and "samples" in measured.output
     assert refused.exit_code == 1 and "has no device to measure on" in refused.output
+
+
+def test_rare_outliers_do_not_fail_the_gate_but_a_spread_does():
+    """1% of samples 20x slower (OS interruptions) barely moves the median: stable. A uniform
+    spread of +-30% around it is not."""
+    rng = np.random.default_rng(0)
+    steady = rng.normal(1.0, 0.01, 10_000)
+    steady[::100] = 20.0
+    spread = rng.uniform(0.7, 1.3, 10_000)
+    protocol = read_profile(TEST_PROFILE).protocol.model_copy(
+        update={"max_cov": 0.05, "max_remeasure": 1}
+    )
+
+    samples, stats, stable, attempts = stability_gate(lambda: steady, protocol, "test")
+    assert stats.cov > 1.0 and stats.robust_cov < 0.05
+    assert stable and attempts == 1
+
+    with pytest.warns(UnstableMeasurementWarning, match="robust CoV"):
+        _, stats, stable, attempts = stability_gate(lambda: spread, protocol, "test")
+    assert stats.robust_cov > 0.2 and not stable and attempts == 2

@@ -123,7 +123,7 @@ def test_yaml_errors_and_non_mappings_name_the_file(tmp_path):
     with pytest.raises(DepthbenchError, match=f"{broken}: not valid YAML"):
         read_profile(broken)
     with pytest.raises(
-        DepthbenchError, match=f"{listed}: expected a mapping of fields, found list"
+        DepthbenchError, match=f"{listed}: expected a mapping of fields \\(name, .*\\), found list"
     ):
         read_profile(listed)
 
