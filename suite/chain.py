@@ -109,7 +109,11 @@ class Chain:
         for unit in self.units:
             if unit.conv.stride > 1:
                 end = unit.position
-                while end < self.L and self.unit(end + 1).conv.kernel == 1 and not self._crosses_residual(end):
+                while (
+                    end < self.L
+                    and self.unit(end + 1).conv.kernel == 1
+                    and not self._crosses_residual(end)
+                ):
                     end += 1
                 boundaries.add(end)
         return frozenset(boundaries)
@@ -167,7 +171,9 @@ class Chain:
             padding += conv.padding * stride
             stride *= conv.stride
         groups = convs[0].groups if all(c.groups == convs[0].groups for c in convs) else 1
-        return ConvSpec(convs[0].in_channels, convs[-1].out_channels, kernel, stride, padding, groups)
+        return ConvSpec(
+            convs[0].in_channels, convs[-1].out_channels, kernel, stride, padding, groups
+        )
 
     def residual_into(self, target: int) -> Residual | None:
         return next((r for r in self.residuals if r.target == target), None)

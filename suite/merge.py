@@ -104,7 +104,9 @@ def add(main: AffineConv, skip: AffineConv) -> AffineConv:
     identity lands on the centre tap, a 1x1 strided projection on tap P_main).
     """
     if main.stride != skip.stride:
-        raise DepthbenchError(f"cannot fold a stride-{skip.stride} skip into a stride-{main.stride} path")
+        raise DepthbenchError(
+            f"cannot fold a stride-{skip.stride} skip into a stride-{main.stride} path"
+        )
     offset = main.padding - skip.padding
     if offset < 0 or offset + skip.kernel > main.kernel:
         raise DepthbenchError(

@@ -47,11 +47,16 @@ class Plan:
 
     def validate(self, chain: Chain) -> None:
         """Raise a DepthbenchError naming the first position and rule the plan breaks."""
-        for name, positions in (("activation", self.activations), ("boundary", self.boundaries),
-                                ("deleted unit", self.deleted)):
+        for name, positions in (
+            ("activation", self.activations),
+            ("boundary", self.boundaries),
+            ("deleted unit", self.deleted),
+        ):
             outside = sorted(p for p in positions if not 1 <= p <= chain.L)
             if outside:
-                raise DepthbenchError(f"plan: {name} position {outside[0]} is outside the chain 1..{chain.L}")
+                raise DepthbenchError(
+                    f"plan: {name} position {outside[0]} is outside the chain 1..{chain.L}"
+                )
         stray = sorted(self.activations - self.boundaries - {chain.L})
         if stray:
             raise DepthbenchError(
@@ -107,7 +112,9 @@ class Plan:
         except json.JSONDecodeError as err:
             raise DepthbenchError(f"plan {path} is not valid JSON: {err}") from err
         if not isinstance(data, dict):
-            raise DepthbenchError(f"plan {path} must be a JSON object with 'activations' and 'boundaries'")
+            raise DepthbenchError(
+                f"plan {path} must be a JSON object with 'activations' and 'boundaries'"
+            )
         return Plan.from_json(data)
 
 
@@ -121,7 +128,9 @@ def _check_replacement(r: Replacement, groups: list[tuple[int, int]], chain: Cha
     if reason:
         raise DepthbenchError(f"plan: replaced segment ({r.start}, {r.end}] is invalid: {reason}")
     if r.absorb_pool and r.end not in chain.barriers:
-        raise DepthbenchError(f"plan: replaced segment ({r.start}, {r.end}] absorbs a pool, but none follows position {r.end}")
+        raise DepthbenchError(
+            f"plan: replaced segment ({r.start}, {r.end}] absorbs a pool, but none follows position {r.end}"
+        )
 
 
 def _check_deleted(deleted: frozenset[int], groups: list[tuple[int, int]], chain: Chain) -> None:
@@ -129,7 +138,9 @@ def _check_deleted(deleted: frozenset[int], groups: list[tuple[int, int]], chain
         inside = set(range(i + 1, j + 1))
         if inside & deleted and not inside <= deleted:
             p = min(inside - deleted)
-            raise DepthbenchError(f"plan: merge group ({i}, {j}] mixes deleted units with the kept unit {p}")
+            raise DepthbenchError(
+                f"plan: merge group ({i}, {j}] mixes deleted units with the kept unit {p}"
+            )
     for p in sorted(deleted):
         block = next((r for r in chain.residuals if r.source < p <= r.target), None)
         if block is None:
@@ -138,7 +149,10 @@ def _check_deleted(deleted: frozenset[int], groups: list[tuple[int, int]], chain
                     f"plan: deleting unit {p} changes the feature shape {chain.shapes[p - 1]} -> "
                     f"{chain.shapes[p]}; only shape-preserving units may be deleted"
                 )
-        elif block.projection is not None or not set(range(block.source + 1, block.target + 1)) <= deleted:
+        elif (
+            block.projection is not None
+            or not set(range(block.source + 1, block.target + 1)) <= deleted
+        ):
             raise DepthbenchError(
                 f"plan: unit {p} is in the residual block {block.source}->{block.target}; only whole "
                 "blocks with an identity shortcut may be deleted"

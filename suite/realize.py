@@ -94,7 +94,9 @@ class TrainableNetwork(nn.Module):
             features[j] = x
         return self.head(x)
 
-    def _add_skip(self, x: torch.Tensor, target: int, start: int, features: dict, borders: dict) -> torch.Tensor:
+    def _add_skip(
+        self, x: torch.Tensor, target: int, start: int, features: dict, borders: dict
+    ) -> torch.Tensor:
         residual = self.chain.residual_into(target)
         if residual is None or (residual.source >= start and not borders):
             return x  # no skip, or one folded into a replacement conv
@@ -132,7 +134,9 @@ class DeployNetwork(nn.Module):
         self.act = copy.deepcopy(trainable.act)
         self.pools = copy.deepcopy(trainable.pools)
         kept = [(i, j) for i, j in self.groups if i + 1 not in self.plan.deleted]
-        self.convs = nn.ModuleDict({_key(i, j): _merge_group(trainable, i, j).to_conv() for i, j in kept})
+        self.convs = nn.ModuleDict(
+            {_key(i, j): _merge_group(trainable, i, j).to_conv() for i, j in kept}
+        )
         self.skips = nn.ModuleDict()
         for i, j in kept:
             residual = self.chain.residual_into(j)
@@ -218,7 +222,9 @@ def _replacement(traced: TracedModel, r) -> nn.Sequential:
         kernel += (pool.kernel - 1) * stride
         padding += pool.padding * stride
         stride *= pool.stride
-    conv = nn.Conv2d(spec.in_channels, spec.out_channels, kernel, stride, padding, groups=spec.groups, bias=False)
+    conv = nn.Conv2d(
+        spec.in_channels, spec.out_channels, kernel, stride, padding, groups=spec.groups, bias=False
+    )
     return nn.Sequential(conv, nn.BatchNorm2d(spec.out_channels))
 
 

@@ -57,13 +57,21 @@ class _Builder:
     def position(self) -> int:
         return len(self.convs)
 
-    def unit(self, conv: nn.Module, bn: nn.Module | None, act: nn.Module | None, where: str) -> None:
+    def unit(
+        self, conv: nn.Module, bn: nn.Module | None, act: nn.Module | None, where: str
+    ) -> None:
         if not isinstance(conv, nn.Conv2d):
-            raise DepthbenchError(f"cannot trace {where}: expected a Conv2d, found {type(conv).__name__}")
+            raise DepthbenchError(
+                f"cannot trace {where}: expected a Conv2d, found {type(conv).__name__}"
+            )
         if conv.kernel_size[0] != conv.kernel_size[1] or conv.dilation != (1, 1):
-            raise DepthbenchError(f"cannot trace {where}: only square, undilated convs are supported")
+            raise DepthbenchError(
+                f"cannot trace {where}: only square, undilated convs are supported"
+            )
         if bn is not None and not isinstance(bn, nn.BatchNorm2d):
-            raise DepthbenchError(f"cannot trace {where}: expected a BatchNorm2d, found {type(bn).__name__}")
+            raise DepthbenchError(
+                f"cannot trace {where}: expected a BatchNorm2d, found {type(bn).__name__}"
+            )
         self.convs.append(conv)
         self.bns.append(bn if bn is not None else nn.Identity())
         self.acts.append(_act_name(act, where))
@@ -78,8 +86,12 @@ class _Builder:
 
     def pool(self, module: nn.Module, where: str) -> None:
         if not isinstance(module, nn.MaxPool2d | nn.AvgPool2d):
-            raise DepthbenchError(f"cannot trace {where}: unsupported pooling {type(module).__name__}")
-        kernel, stride, padding = (_int(getattr(module, a)) for a in ("kernel_size", "stride", "padding"))
+            raise DepthbenchError(
+                f"cannot trace {where}: unsupported pooling {type(module).__name__}"
+            )
+        kernel, stride, padding = (
+            _int(getattr(module, a)) for a in ("kernel_size", "stride", "padding")
+        )
         kind = "max" if isinstance(module, nn.MaxPool2d) else "avg"
         self.pools[self.position] = module
         self.pool_specs.append(Pool(self.position, kind, kernel, stride, padding))
@@ -100,10 +112,21 @@ def trace(model: nn.Module, resolution: int, name: str | None = None) -> TracedM
             f"cannot trace {type(model).__name__}: supported families are MobileNetV2, ResNet and VGG"
         )
     units = tuple(
-        Unit(p + 1, _spec(conv), act) for p, (conv, act) in enumerate(zip(builder.convs, builder.acts, strict=True))
+        Unit(p + 1, _spec(conv), act)
+        for p, (conv, act) in enumerate(zip(builder.convs, builder.acts, strict=True))
     )
     shapes = _feature_shapes(stem, units, builder.pool_specs, resolution)
-    chain = Chain(name, units, tuple(builder.residuals), tuple(builder.pool_specs), act_kind, resolution, shapes)
+    if isinstance(model, VGG) and shapes[-1][1] % _VGG_POOL != 0:
+        head[0] = MatrixAdaptiveAvgPool2d(_VGG_POOL)
+    chain = Chain(
+        name,
+        units,
+        tuple(builder.residuals),
+        tuple(builder.pool_specs),
+        act_kind,
+        resolution,
+        shapes,
+    )
     return TracedModel(
         chain, model, stem, builder.convs, builder.bns, builder.shortcuts, builder.pools, head
     )
@@ -125,7 +148,9 @@ def _walk_mobilenet_v2(model: MobileNetV2, builder: _Builder) -> tuple[nn.Module
     for b, block in enumerate(blocks):
         where = f"features[{b + 1}]"
         if not isinstance(block, InvertedResidual):
-            raise DepthbenchError(f"cannot trace {where}: expected an InvertedResidual, found {type(block).__name__}")
+            raise DepthbenchError(
+                f"cannot trace {where}: expected an InvertedResidual, found {type(block).__name__}"
+            )
         source = builder.position
         *activated, project, project_bn = block.conv
         for k, layer in enumerate(activated):
@@ -148,9 +173,15 @@ def _walk_resnet(model: ResNet, builder: _Builder) -> tuple[nn.Module, nn.Module
             if isinstance(block, BasicBlock):
                 pairs = [(block.conv1, block.bn1), (block.conv2, block.bn2)]
             elif isinstance(block, Bottleneck):
-                pairs = [(block.conv1, block.bn1), (block.conv2, block.bn2), (block.conv3, block.bn3)]
+                pairs = [
+                    (block.conv1, block.bn1),
+                    (block.conv2, block.bn2),
+                    (block.conv3, block.bn3),
+                ]
             else:
-                raise DepthbenchError(f"cannot trace {where}: unsupported block {type(block).__name__}")
+                raise DepthbenchError(
+                    f"cannot trace {where}: unsupported block {type(block).__name__}"
+                )
             for k, (conv, bn) in enumerate(pairs):
                 # every conv of a block is followed by block.relu; the last one after the addition
                 builder.unit(conv, bn, block.relu, f"{where}.conv{k + 1}")
@@ -169,7 +200,11 @@ def _walk_vgg(model: VGG, builder: _Builder) -> tuple[nn.Module, nn.Module, str]
             k += 1
             continue
         conv = layers[k]
-        bn = layers[k + 1] if k + 1 < len(layers) and isinstance(layers[k + 1], nn.BatchNorm2d) else None
+        bn = (
+            layers[k + 1]
+            if k + 1 < len(layers) and isinstance(layers[k + 1], nn.BatchNorm2d)
+            else None
+        )
         act_index = k + (2 if bn is not None else 1)
         act = layers[act_index] if act_index < len(layers) else None
         builder.unit(conv, bn, act, where)
@@ -178,19 +213,59 @@ def _walk_vgg(model: VGG, builder: _Builder) -> tuple[nn.Module, nn.Module, str]
     return nn.Identity(), head, "relu"
 
 
+_VGG_POOL = 7  # torchvision VGG pools the last feature map to 7x7 before its classifier
+
+
+class MatrixAdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` written as two averaging matrices: the same numbers, but exportable
+    to ONNX at any input size (the exporter refuses adaptive pooling whose input is not a multiple
+    of its output, e.g. VGG's 7x7 pool of the 1x1 map a 32x32 image leaves)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = _averaging_matrix(self.size, x.shape[-2], x)
+        cols = _averaging_matrix(self.size, x.shape[-1], x)
+        return rows @ x @ cols.T
+
+
+def _averaging_matrix(out: int, size: int, like: torch.Tensor) -> torch.Tensor:
+    """Row i averages input cells floor(i*size/out) .. ceil((i+1)*size/out), as PyTorch does.
+
+    Built from Python numbers, so an ONNX export records it as a constant.
+    """
+    rows = []
+    for i in range(out):
+        start, end = (i * size) // out, -((-(i + 1) * size) // out)
+        rows.append([1.0 / (end - start) if start <= k < end else 0.0 for k in range(size)])
+    return torch.tensor(rows, dtype=like.dtype, device=like.device)
+
+
 def _conv_norm_act(layer: nn.Module, where: str) -> tuple[nn.Module, nn.Module, nn.Module]:
     if not isinstance(layer, nn.Sequential) or len(layer) != 3:
-        raise DepthbenchError(f"cannot trace {where}: expected conv-BN-activation, found {type(layer).__name__}")
+        raise DepthbenchError(
+            f"cannot trace {where}: expected conv-BN-activation, found {type(layer).__name__}"
+        )
     return layer[0], layer[1], layer[2]
 
 
 def _projection(shortcut: nn.Module, where: str) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
     ok = isinstance(shortcut, nn.Sequential) and len(shortcut) == 2
     conv, bn = (shortcut[0], shortcut[1]) if ok else (None, None)
-    if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.kernel_size == (1, 1)):
-        raise DepthbenchError(f"cannot trace {where}.downsample: only 1x1 conv + BN projections are supported")
+    if not (
+        isinstance(conv, nn.Conv2d)
+        and isinstance(bn, nn.BatchNorm2d)
+        and conv.kernel_size == (1, 1)
+    ):
+        raise DepthbenchError(
+            f"cannot trace {where}.downsample: only 1x1 conv + BN projections are supported"
+        )
     if conv.padding != (0, 0) or conv.groups != 1:
-        raise DepthbenchError(f"cannot trace {where}.downsample: the projection must be unpadded and dense")
+        raise DepthbenchError(
+            f"cannot trace {where}.downsample: the projection must be unpadded and dense"
+        )
     return conv, bn
 
 
@@ -201,12 +276,19 @@ def _act_name(act: nn.Module | None, where: str) -> str | None:
         return "relu6"
     if isinstance(act, nn.ReLU):
         return "relu"
-    raise DepthbenchError(f"cannot trace {where}: unsupported activation {type(act).__name__} (ReLU or ReLU6 only)")
+    raise DepthbenchError(
+        f"cannot trace {where}: unsupported activation {type(act).__name__} (ReLU or ReLU6 only)"
+    )
 
 
 def _spec(conv: nn.Conv2d) -> ConvSpec:
     return ConvSpec(
-        conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.groups
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size[0],
+        conv.stride[0],
+        conv.padding[0],
+        conv.groups,
     )
 
 
@@ -234,4 +316,3 @@ def _feature_shapes(
             size = _conv_out(size, pool.kernel, pool.stride, pool.padding)
         shapes.append((unit.conv.out_channels, size, size))
     return tuple(shapes)
-

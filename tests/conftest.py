@@ -6,6 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+# The test networks are tiny: a second torch thread buys nothing and contends with the ONNX Runtime
+# sessions the tests measure with (on 2 cores it made some tests several times slower).
+torch.set_num_threads(1)
+
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BN layer random statistics and affine parameters, so folding is really tested."""

@@ -6,15 +6,28 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
-from torchvision.models import mobilenet_v2, mobilenet_v3_small, resnet18, resnet34, vgg11_bn, vgg19_bn
+from torchvision.models import (
+    mobilenet_v2,
+    mobilenet_v3_small,
+    resnet18,
+    resnet34,
+    vgg11_bn,
+    vgg19_bn,
+)
 
 from suite.errors import DepthbenchError
 from suite.trace import trace
 
 REFERENCE = "suite/reference/"
 UPSTREAM_TABLES = {
-    "mbv2-1.0": (lambda: mobilenet_v2(width_mult=1.0), "ecdc__utils_table_mbv2_1.0_time_fish_gpu1_1228.csv"),
-    "mbv2-1.4": (lambda: mobilenet_v2(width_mult=1.4), "ecdc__utils_table_mbv2_1.4_time_fish_gpu1_0103.csv"),
+    "mbv2-1.0": (
+        lambda: mobilenet_v2(width_mult=1.0),
+        "ecdc__utils_table_mbv2_1.0_time_fish_gpu1_1228.csv",
+    ),
+    "mbv2-1.4": (
+        lambda: mobilenet_v2(width_mult=1.4),
+        "ecdc__utils_table_mbv2_1.4_time_fish_gpu1_0103.csv",
+    ),
     "vgg19": (vgg19_bn, "ecdc__utils_table_vgg19_no_trt_time_fish_gpu1_0317.csv"),
 }
 
@@ -37,14 +50,29 @@ def test_mobilenet_v2_positions_match_the_upstream_position_map(width):
     for row in expected.itertuples():
         unit = chain.unit(row.position)
         assert (unit.conv.in_channels, unit.conv.out_channels) == (row.in_ch, row.out_ch)
-        assert (unit.conv.kernel, unit.conv.stride, unit.conv.groups) == (row.kernel, row.stride, row.groups)
+        assert (unit.conv.kernel, unit.conv.stride, unit.conv.groups) == (
+            row.kernel,
+            row.stride,
+            row.groups,
+        )
         assert (unit.act is not None) == bool(row.default_act)
 
 
 def test_mobilenet_v2_residuals_and_stride_boundaries_are_the_upstream_ones():
     chain = trace(mobilenet_v2(), 224).chain
     pairs = {(r.source, r.target) for r in chain.residuals}
-    assert pairs == {(5, 8), (11, 14), (14, 17), (20, 23), (23, 26), (26, 29), (32, 35), (35, 38), (41, 44), (44, 47)}
+    assert pairs == {
+        (5, 8),
+        (11, 14),
+        (14, 17),
+        (20, 23),
+        (23, 26),
+        (26, 29),
+        (32, 35),
+        (35, 38),
+        (41, 44),
+        (44, 47),
+    }
     assert chain.stride_boundaries == {5, 11, 20, 41}
     assert chain.act_kind == "relu6"
 
@@ -70,8 +98,10 @@ def test_resnets_have_stem_pool_barrier_and_projection_shortcuts():
 def _real_shapes(model: nn.Module, traced, resolution: int) -> list[tuple[int, int, int]]:
     """Shapes as the torch modules really produce them (hooks), independent of the chain's arithmetic."""
     seen = {}
-    hooks = [conv.register_forward_hook(lambda m, i, o, p=p: seen.__setitem__(p, tuple(i[0].shape[1:])))
-             for p, conv in enumerate(traced.convs, start=1)]
+    hooks = [
+        conv.register_forward_hook(lambda m, i, o, p=p: seen.__setitem__(p, tuple(i[0].shape[1:])))
+        for p, conv in enumerate(traced.convs, start=1)
+    ]
     with torch.no_grad():
         model.eval()(torch.zeros(1, 3, resolution, resolution))
     for hook in hooks:
@@ -81,8 +111,12 @@ def _real_shapes(model: nn.Module, traced, resolution: int) -> list[tuple[int, i
 
 @pytest.mark.parametrize(
     "build, resolution",
-    [(lambda: mobilenet_v2(width_mult=0.35, num_classes=10), 32), (lambda: mobilenet_v2(width_mult=1.4), 96),
-     (lambda: resnet18(num_classes=10), 64), (lambda: vgg11_bn(num_classes=10), 32)],
+    [
+        (lambda: mobilenet_v2(width_mult=0.35, num_classes=10), 32),
+        (lambda: mobilenet_v2(width_mult=1.4), 96),
+        (lambda: resnet18(num_classes=10), 64),
+        (lambda: vgg11_bn(num_classes=10), 32),
+    ],
 )
 def test_chain_shapes_are_the_inputs_each_conv_really_sees(build, resolution):
     model = build()

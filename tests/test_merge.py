@@ -32,7 +32,9 @@ def conv_runs(draw):
         kernel = draw(st.sampled_from([1, 2, 3, 5]))
         stride = draw(st.sampled_from([1, 1, 2]))
         padding = draw(st.integers(0, kernel // 2))
-        conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, groups=groups, bias=draw(st.booleans()))
+        conv = nn.Conv2d(
+            c_in, c_out, kernel, stride, padding, groups=groups, bias=draw(st.booleans())
+        )
         bn = nn.BatchNorm2d(c_out)
         layers.append((conv, bn))
         channels.append(c_out)
@@ -98,7 +100,9 @@ def test_a_merged_run_equals_the_run_with_relocated_padding(run):
     layers, seed, size = run
     assume(fits(layers, size))
     _randomize(layers, seed)
-    x = torch.randn(2, layers[0][0].in_channels, size, size, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(
+        2, layers[0][0].in_channels, size, size, generator=torch.Generator().manual_seed(seed)
+    )
     with torch.no_grad():
         expected = run_relocated(layers, x)
         merged = merge_run(layers)
@@ -134,7 +138,11 @@ def test_a_residual_block_folds_into_one_conv(run, projection):
     assume(projection or (stride == 1 and c_in == c_out))
     assume(fits(layers, size))
     _randomize(layers, seed)
-    shortcut = (nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)) if projection else None
+    shortcut = (
+        (nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        if projection
+        else None
+    )
     if shortcut:
         _randomize([shortcut], seed + 1)
     x = torch.randn(2, c_in, size, size, generator=torch.Generator().manual_seed(seed))

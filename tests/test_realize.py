@@ -40,8 +40,11 @@ def random_plan(chain, rng: random.Random, longest: int = 6) -> Plan:
     """Walk the chain through random valid segments (of at most ``longest`` units); random A ⊆ S."""
     boundaries, position = [], 0
     while position < chain.L:
-        ends = [j for j in range(position + 1, min(chain.L, position + longest) + 1)
-                if chain.is_valid_segment(position, j)]
+        ends = [
+            j
+            for j in range(position + 1, min(chain.L, position + longest) + 1)
+            if chain.is_valid_segment(position, j)
+        ]
         position = rng.choice(ends)
         boundaries.append(position)
     return Plan(frozenset(p for p in boundaries if rng.random() < 0.6), frozenset(boundaries))
@@ -72,7 +75,9 @@ def test_deploy_equals_trainable_for_random_valid_plans(name):
         with torch.no_grad():
             trainable = trainable_network(traced, plan).eval()
             deploy = deploy_network(trainable)
-            assert relative_error(deploy(x), trainable(x)) < RELATIVE_TOLERANCE, plan.groups(traced.chain)
+            assert relative_error(deploy(x), trainable(x)) < RELATIVE_TOLERANCE, plan.groups(
+                traced.chain
+            )
         assert len(deploy.convs) == len(plan.groups(traced.chain))
 
 
@@ -84,14 +89,21 @@ def test_whole_inverted_residual_block_becomes_one_dense_conv():
     plan = Plan(chain.original_activations - {6, 7}, boundaries)
     deploy = deploy_network(trainable_network(traced, plan))
     conv = deploy.convs["5_8"]
-    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.groups) == (24, 24, (3, 3), 1)
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.groups) == (
+        24,
+        24,
+        (3, 3),
+        1,
+    )
     assert "8" not in deploy.skips  # the residual 5->8 is inside the group: folded
 
 
 def test_general_rule_merges_across_strides_exactly():
     """A 3x3 conv after a stride-2 conv (not allowed upstream) merges into a 7x7 stride-2 conv."""
     traced = traced_model("resnet18", 64)
-    plan = Plan(frozenset({1, 3, 5, 7, 9, 11, 13, 15, 17}), frozenset({1, 3, 5, 7, 9, 11, 13, 15, 17}))
+    plan = Plan(
+        frozenset({1, 3, 5, 7, 9, 11, 13, 15, 17}), frozenset({1, 3, 5, 7, 9, 11, 13, 15, 17})
+    )
     trainable = trainable_network(traced, plan).eval()
     deploy = deploy_network(trainable)
     assert deploy.convs["5_7"].kernel_size == (7, 7) and deploy.convs["5_7"].stride == (2, 2)
@@ -109,7 +121,11 @@ def test_deleting_whole_blocks_and_replacing_segments():
         trainable = trainable_network(traced, plan).eval()
         assert relative_error(deploy_network(trainable)(x), trainable(x)) < RELATIVE_TOLERANCE
     vgg = traced_model("vgg11_bn")
-    plan = Plan(vgg.chain.original_activations, frozenset(range(1, 9)), replaced=(Replacement(0, 1, absorb_pool=True),))
+    plan = Plan(
+        vgg.chain.original_activations,
+        frozenset(range(1, 9)),
+        replaced=(Replacement(0, 1, absorb_pool=True),),
+    )
     with torch.no_grad():
         trainable = trainable_network(vgg, plan).eval()
         assert trainable.replacements["0_1"][0].stride == (2, 2)
@@ -131,9 +147,15 @@ def test_training_the_trainable_network_reaches_every_kept_unit():
         (Plan(frozenset({3}), frozenset({5})), "activation at position 3 is not a merge boundary"),
         (Plan(frozenset(), frozenset({6})), r"merge group \(0, 6\] is invalid: residual rule"),
         (Plan(frozenset(), frozenset({60})), "outside the chain"),
-        (Plan(frozenset(), frozenset(range(1, 51)), deleted=frozenset({9})), "changes the feature shape"),
+        (
+            Plan(frozenset(), frozenset(range(1, 51)), deleted=frozenset({9})),
+            "changes the feature shape",
+        ),
         (Plan(frozenset(), frozenset(range(1, 51)), deleted=frozenset({7})), "only whole blocks"),
-        (Plan(frozenset(), frozenset(range(1, 51)), replaced=(Replacement(3, 6),)), "exactly one merge group"),
+        (
+            Plan(frozenset(), frozenset(range(1, 51)), replaced=(Replacement(3, 6),)),
+            "exactly one merge group",
+        ),
     ],
 )
 def test_malformed_plans_are_rejected_naming_position_and_rule(plan, message):
@@ -143,10 +165,12 @@ def test_malformed_plans_are_rejected_naming_position_and_rule(plan, message):
 
 
 def test_plan_json_round_trip_and_malformed_files(tmp_path):
-    plan = Plan(frozenset({1, 3}), frozenset({1, 3, 4}), replaced=(Replacement(4, 5, True),), method="x")
+    plan = Plan(
+        frozenset({1, 3}), frozenset({1, 3, 4}), replaced=(Replacement(4, 5, True),), method="x"
+    )
     plan.save(tmp_path / "plan.json")
     assert Plan.load(tmp_path / "plan.json") == plan
-    (tmp_path / "bad.json").write_text("{\"boundaries\": [1]}")
+    (tmp_path / "bad.json").write_text('{"boundaries": [1]}')
     with pytest.raises(DepthbenchError, match="malformed plan"):
         Plan.load(tmp_path / "bad.json")
     (tmp_path / "broken.json").write_text("{")
@@ -154,3 +178,22 @@ def test_plan_json_round_trip_and_malformed_files(tmp_path):
         Plan.load(tmp_path / "broken.json")
     with pytest.raises(DepthbenchError, match="cannot read plan"):
         Plan.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_vgg_below_224_exports_to_onnx_and_computes_the_same(tmp_path, resolution):
+    """torchvision VGG pools to 7x7, which the ONNX exporter refuses for a 1x1 or 2x2 map; the
+    tracer's matrix form of that pool must export and compute what the original model computes."""
+    import onnxruntime
+
+    from suite.export import export_onnx
+
+    traced = traced_model("vgg11_bn", resolution)
+    deploy = deploy_network(trainable_network(traced, Plan.original(traced.chain))).eval()
+    path = export_onnx(deploy, (1, 3, resolution, resolution), tmp_path / "vgg.onnx")
+    x = images(resolution)[:1]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        expected = traced.model(x)
+    assert relative_error(torch.from_numpy(output), expected) < RELATIVE_TOLERANCE
