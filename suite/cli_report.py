@@ -41,9 +41,15 @@ def report(
         written = write_report(records, out or run_dir / "report")
         for profile_hash, profile_records in records.groupby("profile_hash"):
             table = results_table(profile_records)
-            fronts = display_table(table.loc[table["method_front"], _FRONT_COLUMNS])
-            title = f"Per-method Pareto fronts, {profile_records['profile_name'].iloc[0]} "
-            console.print(_rich_table(fronts, title + f"(profile {profile_hash[:12]})"))
+            fronts = table.loc[table["method_front"], _FRONT_COLUMNS]
+            # a column with one value goes into the title, so the table fits a terminal
+            constant = [c for c in ("model", "seed") if fronts[c].nunique() == 1]
+            context = ", ".join(f"{c} {fronts[c].iloc[0]}" for c in constant)
+            title = (
+                f"Per-method Pareto fronts: {context}, {profile_records['profile_name'].iloc[0]} "
+                f"(profile {profile_hash[:12]})"
+            )
+            console.print(_rich_table(display_table(fronts.drop(columns=constant)), title))
         console.print(f"wrote {len(written)} files to {out or run_dir / 'report'}")
 
 
@@ -74,8 +80,8 @@ def _load_run(run_dir: Path) -> pd.DataFrame:
 
 def _rich_table(frame: pd.DataFrame, title: str, highlight: Sequence[bool] | None = None) -> Table:
     table = Table(title=escape(title))
-    for column in frame.columns:
-        table.add_column(escape(str(column)))
+    for position, column in enumerate(frame.columns):
+        table.add_column(escape(str(column)), no_wrap=position == 0)  # method names stay whole
     for index, row in enumerate(frame.itertuples(index=False)):
         flagged = highlight is not None and highlight[index]
         cells = [escape(str(value)) for value in row]

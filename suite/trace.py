@@ -116,8 +116,9 @@ def trace(model: nn.Module, resolution: int, name: str | None = None) -> TracedM
         for p, (conv, act) in enumerate(zip(builder.convs, builder.acts, strict=True))
     )
     shapes = _feature_shapes(stem, units, builder.pool_specs, resolution)
-    if isinstance(model, VGG) and shapes[-1][1] % _VGG_POOL != 0:
-        head[0] = MatrixAdaptiveAvgPool2d(_VGG_POOL)
+    pool = head[0]
+    if isinstance(pool, nn.AdaptiveAvgPool2d) and shapes[-1][1] % _int(pool.output_size) != 0:
+        head[0] = MatrixAdaptiveAvgPool2d(_int(pool.output_size))
     chain = Chain(
         name,
         units,
@@ -213,13 +214,10 @@ def _walk_vgg(model: VGG, builder: _Builder) -> tuple[nn.Module, nn.Module, str]
     return nn.Identity(), head, "relu"
 
 
-_VGG_POOL = 7  # torchvision VGG pools the last feature map to 7x7 before its classifier
-
-
 class MatrixAdaptiveAvgPool2d(nn.Module):
     """``nn.AdaptiveAvgPool2d`` written as two averaging matrices: the same numbers, but exportable
     to ONNX at any input size (the exporter refuses adaptive pooling whose input is not a multiple
-    of its output, e.g. VGG's 7x7 pool of the 1x1 map a 32x32 image leaves)."""
+    of its output, e.g. torchvision VGG's 7x7 pool of the 1x1 map a 32x32 image leaves)."""
 
     def __init__(self, size: int) -> None:
         super().__init__()
