@@ -18,11 +18,12 @@ err_console = Console(stderr=True)
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a DepthbenchError into its one-line message on stderr and exit code 1."""
+    """Turn a DepthbenchError into its message on stderr and exit code 1, not a traceback."""
     try:
         yield
     except DepthbenchError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        # soft_wrap: paths in the message stay whole, ready to copy
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True, highlight=False)
         raise typer.Exit(1) from err
 
 
