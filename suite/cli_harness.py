@@ -243,7 +243,7 @@ def _statistics_table(result: LatencyResult, title: str) -> Table:
         ("mean", f"{result.mean_ms:.4g} ms"),
         ("p90 / p95 / p99", f"{result.p90_ms:.4g} / {result.p95_ms:.4g} / {result.p99_ms:.4g} ms"),
         ("IQR", f"{result.iqr_ms:.4g} ms"),
-        ("CoV", f"{result.cov:.2%}"),
+        ("CoV / robust CoV (gated)", f"{result.cov:.2%} / {result.robust_cov:.2%}"),
         ("samples", str(result.n)),
         ("stable", "yes" if result.stable else f"[red]no[/red] (after {result.attempts} attempts)"),
         ("profile hash", result.profile_hash),
