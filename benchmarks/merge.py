@@ -21,9 +21,7 @@ class TimeMergeMobileNetV2:
         if plan_name == "bn-fold-only":
             plan = Plan.original(chain)
         else:
-            # Block ends are the positions without an original activation (suite.chain).
-            block_ends = frozenset(unit.position for unit in chain.units if unit.act is None)
-            plan = Plan(activations=block_ends, boundaries=block_ends)
+            plan = Plan(activations=chain.block_ends, boundaries=chain.block_ends)
         self.trainable = trainable_network(traced, plan).eval()
 
     def time_deploy_network(self, plan_name):

@@ -43,7 +43,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from methods.api import MethodResult, PlanContext, meet_budget
-from methods.depthshrinker import shrink_blocks
 from methods.registry import register_method
 from suite.chain import Chain
 from suite.plan import Plan, Replacement
@@ -69,7 +68,7 @@ def operations(chain: Chain) -> list[Replacement]:
     absorptions = [
         Replacement(p - 1, p, absorb_pool=True) for p in sorted(chain.barriers) if p >= 1
     ]
-    blocks = shrink_blocks(chain)
+    blocks = chain.blocks
     if blocks:
         return absorptions + [Replacement(start, end) for start, end in blocks]
     pairs = [

@@ -85,15 +85,6 @@ class DepthShrinkerConfig(BaseModel):
     latency_weight: float = Field(1e-4, ge=0, description="λ of the latency regulariser (per ms)")
 
 
-def shrink_blocks(chain: Chain) -> list[Block]:
-    """The blocks of a chain: MobileNetV2's inverted-residual blocks (each ends where the original
-    network has no activation) or ResNet's residual blocks; none for a plain chain such as VGG."""
-    ends = [unit.position for unit in chain.units if unit.act is None]
-    if ends:
-        return list(zip([0, *ends[:-1]], ends, strict=True))
-    return [(r.source, r.target) for r in chain.residuals]
-
-
 def shrink_plan(chain: Chain, blocks: list[Block], shrunk: set[int]) -> Plan:
     """Every block in ``shrunk`` (indices into ``blocks``) as one merge group with an activation at
     its end; every other block as in the base network."""
@@ -115,7 +106,7 @@ def published_pattern(name: str) -> frozenset[int]:
 
 
 def _supports(chain: Chain) -> str | None:
-    if shrink_blocks(chain):
+    if chain.blocks:
         return None
     return (
         "it has no blocks: DepthShrinker decides per inverted-residual (or residual) block, and a "
@@ -129,7 +120,7 @@ def plan_depthshrinker(
 ) -> MethodResult:
     """A published pattern, or savings → search → step k down along the ranking."""
     chain = ctx.chain
-    blocks = shrink_blocks(chain)
+    blocks = chain.blocks
     if config.pattern is not None:
         return _apply_pattern(ctx, budget, config.pattern, blocks)
     base = ctx.base_latency_ms()
@@ -162,7 +153,7 @@ def _apply_pattern(
     ctx: PlanContext, budget: Budget, pattern: str, blocks: list[Block]
 ) -> MethodResult:
     chain = ctx.chain
-    if len(blocks) != MOBILENET_V2_BLOCKS or not any(unit.act is None for unit in chain.units):
+    if len(blocks) != MOBILENET_V2_BLOCKS or not chain.block_ends:
         raise DepthbenchError(
             f"depthshrinker pattern {pattern!r} names MobileNetV2's {MOBILENET_V2_BLOCKS} "
             f"inverted-residual blocks, but {chain.name} is not a MobileNetV2; leave 'pattern' "

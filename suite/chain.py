@@ -100,6 +100,21 @@ class Chain:
         return frozenset(u.position for u in self.units if u.act is not None)
 
     @property
+    def block_ends(self) -> frozenset[int]:
+        """Positions without an original activation: MobileNetV2's linear bottlenecks, where each
+        inverted-residual block ends; none on ResNet or VGG."""
+        return frozenset(u.position for u in self.units if u.act is None)
+
+    @property
+    def blocks(self) -> list[tuple[int, int]]:
+        """The segments (start, end] of the network's blocks: MobileNetV2's inverted-residual
+        blocks, else ResNet's residual blocks; none for a plain chain such as VGG."""
+        ends = sorted(self.block_ends)
+        if ends:
+            return list(zip([0, *ends[:-1]], ends, strict=True))
+        return [(r.source, r.target) for r in self.residuals]
+
+    @property
     def stride_boundaries(self) -> frozenset[int]:
         """Positions no upstream segment crosses: where a strided conv's tail of 1x1 convs ends.
 

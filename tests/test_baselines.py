@@ -21,7 +21,7 @@ from torchvision.models import mobilenet_v2, resnet18, vgg11_bn
 
 from methods.api import Infeasible, PlanContext
 from methods.deeprebirth import join, layerwise_rebirth, operations, rebirth_plan
-from methods.depthshrinker import search_keep_scores, shrink_blocks, shrink_plan
+from methods.depthshrinker import search_keep_scores, shrink_plan
 from methods.layerprune import candidates as layerprune_candidates
 from methods.layerprune import filter_criteria, prune_plan
 from methods.registry import get_method
@@ -127,7 +127,7 @@ def most_compressed(method: str, chain: Chain) -> Plan:
     if method == "relu-reduction":
         return shallow_plan(chain, set(relu_candidates(chain)))
     if method == "depthshrinker":
-        blocks = shrink_blocks(chain)
+        blocks = chain.blocks
         return shrink_plan(chain, blocks, set(range(len(blocks))))
     return rebirth_plan(chain, functools.reduce(join, operations(chain), ()))
 
@@ -274,7 +274,7 @@ def test_relu_reduction_merges_through_consecutive_removals(contexts):
 def test_depthshrinker_pattern_keeps_the_published_blocks(contexts, pattern, kept):
     ctx = contexts("mobilenet_v2")
     plan = plan_with(ctx, "depthshrinker", Budget(kind="ms", value=1e6), pattern=pattern).plan
-    blocks = shrink_blocks(ctx.chain)
+    blocks = ctx.chain.blocks
 
     assert len(blocks) == 17
     for b, (start, end) in enumerate(blocks):
@@ -298,7 +298,7 @@ def test_depthshrinker_pattern_needs_a_mobilenet_v2(contexts):
 def test_depthshrinker_latency_regulariser_lowers_the_keep_score_of_a_slow_block(contexts):
     """The correct sign: a large λ on one block's saving makes that block the first to shrink."""
     ctx = contexts("resnet18")
-    blocks = shrink_blocks(ctx.chain)
+    blocks = ctx.chain.blocks
     savings = [0.0] * len(blocks)
     savings[3] = 1.0
 

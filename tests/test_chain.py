@@ -131,3 +131,12 @@ def test_a_network_the_tracer_cannot_represent_is_named():
     model.features[3].conv[0][2] = nn.Hardswish()
     with pytest.raises(DepthbenchError, match=r"features\[3\]\.conv\[0\].*Hardswish"):
         trace(model, 224)
+
+
+def test_blocks_are_the_inverted_residuals_or_the_residual_blocks():
+    mbv2 = trace(mobilenet_v2(), 224).chain
+    assert len(mbv2.blocks) == 17 and mbv2.blocks[0] == (0, 2) and mbv2.blocks[-1] == (47, 50)
+    assert mbv2.block_ends == frozenset(end for _, end in mbv2.blocks)
+    resnet = trace(resnet18(num_classes=10), 64).chain
+    assert resnet.block_ends == frozenset() and len(resnet.blocks) == 8
+    assert trace(vgg11_bn(num_classes=10), 32).chain.blocks == []

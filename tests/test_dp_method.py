@@ -21,7 +21,7 @@ from torchvision.models import MobileNetV2
 from typer.testing import CliRunner
 
 from methods.api import Infeasible, PlanContext
-from methods.dp_depth.importance import block_ends, importance_entries, importance_table
+from methods.dp_depth.importance import importance_entries, importance_table
 from methods.dp_depth.method import (
     DpDepthConfig,
     Tables,
@@ -118,7 +118,7 @@ def test_a_table_budget_plan_equals_solve_on_the_same_tables(ctx, workdir):
         normalised,
         t0,
         prec,
-        block_ends(chain),
+        chain.block_ends,
     )
     assert (result.plan.activations, result.plan.boundaries) == (
         expected.activations,

@@ -89,12 +89,6 @@ class ImportanceTable:
         return {entry: score.top1_delta for entry, score in self.scores.items()}
 
 
-def block_ends(chain: Chain) -> frozenset[int]:
-    """Positions without an original activation (MobileNetV2's linear bottlenecks); none on
-    ResNet or VGG. Only these may carry either activation state."""
-    return frozenset(unit.position for unit in chain.units if unit.act is None)
-
-
 def importance_entries(
     segments: Iterable[Segment], chain: Chain, add_block_end_activations: bool
 ) -> list[Entry]:
@@ -105,7 +99,7 @@ def importance_entries(
     one entry per segment with the original states at its ends, so A stays within the original
     activations.
     """
-    ends = block_ends(chain)
+    ends = chain.block_ends  # only block ends may carry either activation state
     if add_block_end_activations:
         return measured_entries(segments, ends)
     return [(i, j, int(i not in ends), int(j not in ends)) for i, j in sorted(segments)]

@@ -35,7 +35,6 @@ from methods.dp_depth.importance import (
     UPSTREAM_RECIPE,
     Fidelity,
     ImportanceTable,
-    block_ends,
     default_cache_dir,
     importance_entries,
     importance_table,
@@ -159,7 +158,7 @@ def plan_at(tables: Tables, t0: float, prec: float) -> Plan:
             tables.importance,
             t0,
             prec,
-            block_ends(tables.chain),
+            tables.chain.block_ends,
         )
     except DepthbenchError as error:
         # the tables are complete by construction, so the solver's only complaint is the budget
