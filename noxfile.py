@@ -45,7 +45,7 @@ def slow(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The default benchmark (`depthbench run`), then its report."""
     python = shared_python(session)
-    depthbench = [python, "-c", "from suite.cli import main; main()"]
+    depthbench = [python, "-c", "from suite.cli.app import main; main()"]
     session.run(*depthbench, "run", "--results", "results", external=True)
     session.run(*depthbench, "report", f"results/{default_run_id(session, python)}", external=True)
 
@@ -55,8 +55,8 @@ def default_run_id(session: nox.Session, python: str) -> str:
     return session.run(
         python,
         "-c",
-        "from suite.config import DEFAULT_CONFIG, load_experiment; "
-        "from suite.runner import default_run_id, grid; "
+        "from suite.run.config import DEFAULT_CONFIG, load_experiment; "
+        "from suite.run.grid import default_run_id, grid; "
         "e = load_experiment(DEFAULT_CONFIG); print(default_run_id(e, grid(e)), end='')",
         external=True,
         silent=True,

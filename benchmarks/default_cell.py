@@ -5,9 +5,9 @@ shared fine-tune, merge, measurement and evaluation, as `depthbench run` does it
 is trained (once, cached) in ``setup_cache``, a separate process, so training it is not counted.
 """
 
-from suite.config import DEFAULT_CONFIG, load_experiment
-from suite.runner import base_weights, grid, make_cell_runner
-from suite.store import Budget
+from suite.core.budget import Budget
+from suite.run.config import DEFAULT_CONFIG, load_experiment
+from suite.run.grid import base_weights, grid, make_cell_runner
 
 METHOD, BUDGET = "dp-depth", Budget(kind="fraction", value=0.8)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from methods.dp_depth.importance import UPSTREAM_RECIPE, importance_entries, importance_table
-from suite.data import load_data
-from suite.trace import trace_model
+from suite.core.trace import trace_model
+from suite.run.data import load_data
 
 
 def _demo():

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from suite.backends.onnxruntime import session_options
-from suite.export import export_onnx
-from suite.harness import UnstableMeasurementWarning, measure
-from suite.latency_table import TableCache, build_table
-from suite.models import build_model
-from suite.profiles import load_profile
-from suite.trace import trace_model
+from suite.core.export import export_onnx
+from suite.core.models import build_model
+from suite.core.trace import trace_model
+from suite.measure.backends.onnxruntime import session_options
+from suite.measure.harness import UnstableMeasurementWarning, measure
+from suite.measure.profiles import load_profile
+from suite.measure.tables import TableCache, build_table
 
 PROFILE = "cpu-onnxruntime"
 SHAPE = (1, 3, 224, 224)

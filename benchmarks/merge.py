@@ -5,9 +5,9 @@ work: the original network (BN folding only, 52 convs stay) and every inverted-r
 merged into one conv (depthwise kernels expanded to dense, 17 groups).
 """
 
-from suite.plan import Plan
-from suite.realize import deploy_network, trainable_network
-from suite.trace import trace_model
+from suite.core.plan import Plan
+from suite.core.realize import deploy_network, trainable_network
+from suite.core.trace import trace_model
 
 
 class TimeMergeMobileNetV2:

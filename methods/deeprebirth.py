@@ -27,7 +27,7 @@ Interpreted (the paper chooses its layers by hand and has no budget; notes §3):
   measurement does not take it out of reach;
 - an absorbed pool grows the kernel to k' = K + (k_pool - 1) * S (K + k_pool - 1 for VGG's
   stride-1 convs), padding P + p_pool * S, stride S * s_pool, which keeps the receptive field
-  (``suite.realize``); the notes' alternative k' = K is not offered;
+  (``suite.core.realize``); the notes' alternative k' = K is not offered;
 - the layer-wise fine-tune length is not given by our sources: ``layerwise_epochs`` (1 by
   default) per new layer, with the shared recipe's optimiser settings;
 - MobileNetV2 has no pools, so only its 17 blocks can be replaced (each by one new linear conv,
@@ -42,13 +42,13 @@ from collections.abc import Iterator
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from methods.api import MethodResult, PlanContext, meet_budget
-from methods.registry import register_method
-from suite.chain import Chain
-from suite.plan import Plan, Replacement
-from suite.realize import TrainableNetwork, trainable_network
-from suite.store import Budget
-from suite.train import FinetuneRecipe, finetune
+from suite.core.budget import Budget
+from suite.core.chain import Chain
+from suite.core.method import MethodResult, PlanContext, meet_budget
+from suite.core.plan import Plan, Replacement
+from suite.core.realize import TrainableNetwork, trainable_network
+from suite.core.registry import register_method
+from suite.run.train import FinetuneRecipe, finetune
 
 PAPER = "Li, Wang, Kong, AAAI 2018: DeepRebirth: Accelerating DNN Execution on Mobile Devices"
 SMOKE_LAYERWISE_STEPS = 2

@@ -51,15 +51,15 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from methods.api import Infeasible, MethodResult, PlanContext, meet_budget
-from methods.registry import register_method
-from suite.chain import Chain
-from suite.data import train_loader
+from suite.core.budget import Budget
+from suite.core.chain import Chain
+from suite.core.method import Infeasible, MethodResult, PlanContext, meet_budget
+from suite.core.plan import Plan
+from suite.core.realize import ACTIVATIONS, trainable_network
+from suite.core.registry import register_method
 from suite.errors import DepthbenchError
-from suite.plan import Plan
-from suite.profiles import REFERENCE_DIR
-from suite.realize import ACTIVATIONS, trainable_network
-from suite.store import Budget
+from suite.measure.profiles import REFERENCE_DIR
+from suite.run.data import train_loader
 
 PAPER = (
     "Fu et al., ICML 2022: DepthShrinker, compressing compact networks for real-hardware efficiency"

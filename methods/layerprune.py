@@ -46,14 +46,14 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from methods.api import MethodResult, PlanContext, meet_budget
-from methods.registry import register_method
-from suite.chain import Chain
-from suite.data import train_loader
+from suite.core.budget import Budget
+from suite.core.chain import Chain
+from suite.core.method import MethodResult, PlanContext, meet_budget
+from suite.core.plan import Plan
+from suite.core.realize import trainable_network
+from suite.core.registry import register_method
 from suite.errors import DepthbenchError
-from suite.plan import Plan
-from suite.realize import trainable_network
-from suite.store import Budget
+from suite.run.data import train_loader
 
 PAPER = "Elkerdawy et al., ACCV 2020: To Filter Prune, or to Layer Prune, That Is The Question"
 SMOKE_BATCHES = 2

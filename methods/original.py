@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from methods.api import MethodResult, PlanContext
-from methods.registry import register_method
-from suite.plan import Plan
-from suite.store import Budget
+from suite.core.budget import Budget
+from suite.core.method import MethodResult, PlanContext
+from suite.core.plan import Plan
+from suite.core.registry import register_method
 
 
 class OriginalConfig(BaseModel):

@@ -35,13 +35,13 @@ from collections.abc import Iterator
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Subset
 
-from methods.api import MethodResult, PlanContext, meet_budget
-from methods.registry import register_method
-from suite.chain import Chain
-from suite.plan import Plan
-from suite.realize import trainable_network
-from suite.store import Budget
-from suite.train import evaluate
+from suite.core.budget import Budget
+from suite.core.chain import Chain
+from suite.core.method import MethodResult, PlanContext, meet_budget
+from suite.core.plan import Plan
+from suite.core.realize import trainable_network
+from suite.core.registry import register_method
+from suite.run.train import evaluate
 
 PAPER = "Kundu et al., CVPRW 2023: Making Models Shallow Again (ReLU sensitivity, shallow blocks)"
 SMOKE_HOLDOUT_IMAGES = 256

@@ -13,14 +13,14 @@ from onnx import numpy_helper
 from torch import nn
 from torch.nn import functional
 
-from suite.backends import backend_names, get_backend, register_backend
-from suite.backends.onnxruntime import session_options
-from suite.backends.trtexec import RunFiles, trtexec_command
-from suite.chain import ConvSpec
+from suite.core.chain import ConvSpec
+from suite.core.export import export_onnx, write_conv_onnx
 from suite.errors import DepthbenchError
-from suite.export import export_onnx, write_conv_onnx
-from suite.harness import measure
-from suite.profiles import Profile, load_profile, read_profile
+from suite.measure.backends import backend_names, get_backend, register_backend
+from suite.measure.backends.onnxruntime import session_options
+from suite.measure.backends.trtexec import RunFiles, trtexec_command
+from suite.measure.harness import measure
+from suite.measure.profiles import BACKENDS, Profile, load_profile, read_profile
 
 PROFILES = Path(__file__).parent / "data" / "profiles"
 HAS_CUDA = torch.cuda.is_available()
@@ -41,7 +41,7 @@ def upstream_trtexec_profile() -> Profile:
 
 
 def test_registry_holds_the_four_backends():
-    assert backend_names() == ["onnxruntime", "tensorrt", "torch", "trtexec"]
+    assert backend_names() == ["onnxruntime", "tensorrt", "torch", "trtexec"] == list(BACKENDS)
     assert get_backend("torch").model_kind == "torch"
     assert get_backend("trtexec").model_kind == "onnx"
     with pytest.raises(DepthbenchError, match="unknown backend 'tvm'; available: onnxruntime"):

@@ -19,23 +19,24 @@ import yaml
 from torch import nn
 from torchvision.models import mobilenet_v2, resnet18, vgg11_bn
 
-from methods.api import Infeasible, PlanContext
 from methods.deeprebirth import join, layerwise_rebirth, operations, rebirth_plan
 from methods.depthshrinker import search_keep_scores, shrink_plan
 from methods.layerprune import candidates as layerprune_candidates
 from methods.layerprune import filter_criteria, prune_plan
-from methods.registry import get_method
 from methods.relu_reduction import ReluReductionConfig, sensitivities, shallow_plan
 from methods.relu_reduction import candidates as relu_candidates
-from suite.chain import Chain
-from suite.data import load_data, train_loader
+from suite.core.budget import Budget
+from suite.core.chain import Chain
+from suite.core.method import Infeasible, PlanContext
+from suite.core.plan import Plan, Replacement
+from suite.core.realize import deploy_network, trainable_network
+from suite.core.registry import get_method
+from suite.core.trace import trace
 from suite.errors import DepthbenchError
-from suite.plan import Plan, Replacement
-from suite.profiles import PROJECT_PROFILE_DIR, read_profile
-from suite.realize import deploy_network, trainable_network
-from suite.store import Budget
-from suite.trace import trace
-from suite.train import FinetuneRecipe, evaluate
+from suite.measure.profiles import PROJECT_PROFILE_DIR, read_profile
+from suite.run.cell import plan_context
+from suite.run.data import load_data, train_loader
+from suite.run.train import FinetuneRecipe, evaluate
 from tests.conftest import randomize_batchnorm
 
 RESOLUTION = 32
@@ -109,7 +110,7 @@ def contexts(profile, data):
                 torch.manual_seed(0)
                 model = randomize_batchnorm(NETWORKS[network]())
             traced = trace(model, RESOLUTION, network)
-            made[network] = PlanContext(traced, profile, data, recipe)
+            made[network] = plan_context(traced, profile, data, recipe)
         return made[network]
 
     return context

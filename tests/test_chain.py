@@ -15,8 +15,8 @@ from torchvision.models import (
     vgg19_bn,
 )
 
+from suite.core.trace import trace
 from suite.errors import DepthbenchError
-from suite.trace import trace
 
 REFERENCE = "suite/reference/"
 UPSTREAM_TABLES = {

@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from suite.cli import app
-from suite.plan import Plan
-from suite.realize import deploy_network, trainable_network
-from suite.trace import trace_model
+from suite.cli.app import app
+from suite.core.plan import Plan
+from suite.core.realize import deploy_network, trainable_network
+from suite.core.trace import trace_model
 
 
 def invoke(*arguments: str):

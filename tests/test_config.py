@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from methods.registry import list_methods
-from suite.config import DEFAULT_CONFIG, PROJECT_DIR, load_experiment
+from suite.core.budget import Budget
+from suite.core.registry import list_methods
 from suite.errors import DepthbenchError
-from suite.store import Budget
+from suite.run.config import DEFAULT_CONFIG, PROJECT_DIR, load_experiment
 
 PROFILES = Path(__file__).parent / "data" / "profiles"
 

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from suite.data import HOLDOUT_FRACTION, load_data, train_loader
 from suite.errors import DepthbenchError
+from suite.run.data import HOLDOUT_FRACTION, load_data, train_loader
 
 IMAGENET_CLASSES = ("n01440764", "n01443537")
 HOLDOUT_NAMES = {

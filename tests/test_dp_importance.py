@@ -26,10 +26,10 @@ from methods.dp_depth.importance import (
     table_cache_dir,
 )
 from methods.dp_depth.solver import measured_entries
-from suite.data import load_data
-from suite.executors import InProcessExecutor
-from suite.trace import trace
-from suite.train import FinetuneRecipe
+from suite.core.trace import trace
+from suite.run.data import load_data
+from suite.run.executors import InProcessExecutor
+from suite.run.train import FinetuneRecipe
 from tests.conftest import randomize_batchnorm
 
 SHORT_MBV2 = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 2, 2]]  # t, c, n, s

@@ -20,7 +20,6 @@ from torch.utils.data import Subset
 from torchvision.models import MobileNetV2
 from typer.testing import CliRunner
 
-from methods.api import Infeasible, PlanContext
 from methods.dp_depth.importance import importance_entries, importance_table
 from methods.dp_depth.method import (
     DpDepthConfig,
@@ -30,17 +29,19 @@ from methods.dp_depth.method import (
     plan_dp_depth,
 )
 from methods.dp_depth.solver import solve
-from methods.registry import get_method
-from suite import cli_methods
-from suite.data import load_data
+from suite.cli import methods as cli_methods
+from suite.core.budget import Budget
+from suite.core.method import Infeasible, PlanContext
+from suite.core.models import build_model
+from suite.core.plan import Plan
+from suite.core.registry import get_method
+from suite.core.trace import trace, trace_model
 from suite.errors import DepthbenchError
-from suite.latency_table import TableCache, build_table
-from suite.models import build_model
-from suite.plan import Plan
-from suite.profiles import load_profile
-from suite.store import Budget
-from suite.trace import trace, trace_model
-from suite.train import FinetuneRecipe
+from suite.measure.profiles import load_profile
+from suite.measure.tables import TableCache, build_table
+from suite.run.cell import TABLE_CACHE_FILE, plan_context
+from suite.run.data import load_data
+from suite.run.train import FinetuneRecipe
 from tests.conftest import randomize_batchnorm
 
 PROFILES = Path(__file__).parent / "data" / "profiles"
@@ -75,13 +76,13 @@ def ctx(workdir, profile_path, data) -> PlanContext:
     """A short real MobileNetV2 (L = 14) under the test profile, caches in the module's tmp dir."""
     torch.manual_seed(0)
     model = MobileNetV2(num_classes=10, width_mult=0.35, inverted_residual_setting=SHORT_MBV2)
-    return PlanContext(
-        traced=trace(randomize_batchnorm(model), 32, "mbv2-short"),
-        profile=load_profile(profile_path),
-        data=data,
-        recipe=FinetuneRecipe(steps=1),
+    return plan_context(
+        trace(randomize_batchnorm(model), 32, "mbv2-short"),
+        load_profile(profile_path),
+        data,
+        FinetuneRecipe(steps=1),
         fidelity="smoke",
-        table_cache=TableCache(workdir / "latency.sqlite"),
+        cache_dir=workdir,
     )
 
 
@@ -95,7 +96,7 @@ def test_registered_as_dp_depth_with_the_alias_kim2023():
 
 def test_a_table_budget_plan_equals_solve_on_the_same_tables(ctx, workdir):
     chain = ctx.chain
-    latency = build_table(chain, ctx.profile, cache=TableCache(workdir / "latency.sqlite"))
+    latency = build_table(chain, ctx.profile, cache=TableCache(workdir / TABLE_CACHE_FILE))
     singles = sum(latency[(p - 1, p)] for p in range(1, chain.L + 1))
     fastest = sum(latency[segment] for segment in [(0, 5), (5, 11), (11, 14)])  # all merged
     t0 = (singles + fastest) / 2

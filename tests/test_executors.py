@@ -8,7 +8,7 @@ import time
 import pytest
 
 from suite.errors import DepthbenchError
-from suite.executors import InProcessExecutor, RayExecutor
+from suite.run.executors import InProcessExecutor, RayExecutor
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 LANE = "profile:test-lane"

@@ -13,14 +13,14 @@ from hypothesis import strategies as st
 from torch import nn
 from typer.testing import CliRunner
 
-from suite.backends import run_protocol
-from suite.chain import ConvSpec
-from suite.cli_harness import register
+from suite.cli.measure import register
+from suite.core.chain import ConvSpec
+from suite.core.export import export_onnx, write_conv_onnx
 from suite.errors import DepthbenchError
-from suite.export import export_onnx, write_conv_onnx
-from suite.harness import UnstableMeasurementWarning, measure, stability_gate, summarize
-from suite.profiles import load_profile, read_profile
-from suite.store import CellRecord
+from suite.measure.backends import run_protocol
+from suite.measure.harness import UnstableMeasurementWarning, measure, stability_gate, summarize
+from suite.measure.profiles import load_profile, read_profile
+from suite.run.store import CellRecord
 
 TEST_PROFILE = Path(__file__).parent / "data" / "profiles" / "test-cpu-fast.yaml"
 

@@ -7,18 +7,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from suite.chain import Chain, ConvSpec, Unit
+from suite.core.chain import Chain, ConvSpec, Unit
+from suite.core.trace import trace_model
 from suite.errors import DepthbenchError
-from suite.harness import measure
-from suite.latency_table import (
+from suite.measure.harness import measure
+from suite.measure.profiles import REFERENCE_DIR, load_profile, read_profile
+from suite.measure.tables import (
     CorruptCacheRowWarning,
     TableCache,
     additivity,
     build_table,
     segment_signature,
 )
-from suite.profiles import REFERENCE_DIR, load_profile, read_profile
-from suite.trace import trace_model
 
 PROFILES = Path(__file__).parent / "data" / "profiles"
 

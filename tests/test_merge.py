@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from suite.merge import AffineConv, add, compose
+from suite.core.merge import AffineConv, add, compose
 
 RELATIVE_TOLERANCE = 1e-4
 

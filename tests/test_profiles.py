@@ -8,12 +8,12 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from suite.chain import ConvSpec
-from suite.cli_harness import register
+from suite.cli.measure import register
+from suite.core.chain import ConvSpec
+from suite.core.export import write_conv_onnx
 from suite.errors import DepthbenchError
-from suite.export import write_conv_onnx
-from suite.harness import measure
-from suite.profiles import (
+from suite.measure.harness import measure
+from suite.measure.profiles import (
     PROFILE_PATH_ENV,
     PROJECT_PROFILE_DIR,
     detect_machine,

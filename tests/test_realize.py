@@ -8,10 +8,10 @@ import pytest
 import torch
 from torchvision.models import mobilenet_v2, resnet18, resnet34, vgg11_bn
 
+from suite.core.plan import Plan, Replacement
+from suite.core.realize import deploy_network, trainable_network
+from suite.core.trace import trace
 from suite.errors import DepthbenchError
-from suite.plan import Plan, Replacement
-from suite.realize import deploy_network, trainable_network
-from suite.trace import trace
 from tests.conftest import randomize_batchnorm
 
 RELATIVE_TOLERANCE = 1e-4
@@ -186,7 +186,7 @@ def test_vgg_below_224_exports_to_onnx_and_computes_the_same(tmp_path, resolutio
     tracer's matrix form of that pool must export and compute what the original model computes."""
     import onnxruntime
 
-    from suite.export import export_onnx
+    from suite.core.export import export_onnx
 
     traced = traced_model("vgg11_bn", resolution)
     deploy = deploy_network(trainable_network(traced, Plan.original(traced.chain))).eval()

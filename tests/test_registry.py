@@ -8,16 +8,16 @@ import textwrap
 
 import pytest
 
-from methods import registry
+from suite.core import registry
 from suite.errors import DepthbenchError
 
 PLUGIN = textwrap.dedent(
     """
     from pydantic import BaseModel, ConfigDict
 
-    from methods.api import MethodResult
-    from methods.registry import register_method
-    from suite.plan import Plan
+    from suite.core.method import MethodResult
+    from suite.core.registry import register_method
+    from suite.core.plan import Plan
 
 
     class KeepAllConfig(BaseModel):

@@ -16,13 +16,13 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from suite import cli_run
-from suite.config import load_experiment
+from suite.cli import run as cli_run
+from suite.core.budget import Budget
+from suite.core.models import build_model
 from suite.errors import DepthbenchError
-from suite.executors import InProcessExecutor, RayExecutor
-from suite.models import build_model
-from suite.runner import ORIGINAL_BUDGET, default_run_id, grid, run_experiment
-from suite.store import Budget
+from suite.run.config import load_experiment
+from suite.run.executors import InProcessExecutor, RayExecutor
+from suite.run.grid import ORIGINAL_BUDGET, default_run_id, grid, run_experiment
 
 PROFILES = Path(__file__).parent / "data" / "profiles"
 
@@ -212,7 +212,7 @@ def test_a_checkpoint_of_another_network_is_refused(tmp_path):
 
 def depthbench(*arguments: str, env: dict[str, str]) -> subprocess.Popen:
     """The real CLI in a child process."""
-    command = [sys.executable, "-c", "from suite.cli import main; main()", *arguments]
+    command = [sys.executable, "-c", "from suite.cli.app import main; main()", *arguments]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 

@@ -13,15 +13,9 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from suite.core.budget import Budget
 from suite.errors import DepthbenchError
-from suite.store import (
-    Budget,
-    CellRecord,
-    ResultsStore,
-    code_version,
-    config_hash,
-    read_consolidated,
-)
+from suite.run.store import CellRecord, ResultsStore, code_version, config_hash, read_consolidated
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,7 +155,8 @@ WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from suite.store import Budget, CellRecord, ResultsStore, config_hash
+    from suite.core.budget import Budget
+    from suite.run.store import CellRecord, ResultsStore, config_hash
 
     root, who = Path(sys.argv[1]), sys.argv[2]
     store = ResultsStore(root)

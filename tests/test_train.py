@@ -10,10 +10,10 @@ from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from suite.data import load_data
+from suite.core.models import KNOWN_MODELS, build_model
 from suite.errors import DepthbenchError
-from suite.models import KNOWN_MODELS, build_model
-from suite.train import FinetuneRecipe, evaluate, finetune, load_checkpoint, train_base
+from suite.run.data import load_data
+from suite.run.train import FinetuneRecipe, evaluate, finetune, load_checkpoint, train_base
 
 FEW_STEPS = FinetuneRecipe(steps=6, lr=0.1, batch_size=32)
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from suite.backends.trtexec import gpu_compute_samples, parse_summary, parse_version
 from suite.errors import DepthbenchError
+from suite.measure.backends.trtexec import gpu_compute_samples, parse_summary, parse_version
 
 DATA = Path(__file__).parent / "data"
 

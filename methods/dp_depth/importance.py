@@ -21,7 +21,7 @@ single-conv entries) from every entry. Those means are negative at full fidelity
 constant bonus per segment that favours keeping activations. Upstream's α: 1.6 (MobileNetV2-1.0),
 1.2 (MobileNetV2-1.4), 1.4 (VGG19).
 
-Entries are independent: they run through an executor (``suite.executors``; in-process by
+Entries are independent: they run through an executor (``suite.run.executors``; in-process by
 default) and each is cached as one JSON file as soon as it comes back, under a directory keyed by
 the base weights, the data, the fidelity and (at full fidelity) the recipe. An interrupted table
 resumes from there without measuring a stored entry again.
@@ -36,23 +36,22 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from methods.dp_depth.solver import Entry, Segment, measured_entries
-from suite.chain import Chain
-from suite.data import DataSplits
-from suite.executors import Executor, InProcessExecutor
-from suite.plan import Plan
-from suite.realize import TrainableNetwork, trainable_network
-from suite.store import config_hash
-from suite.trace import TracedModel
-from suite.train import Accuracy, FinetuneRecipe, evaluate, finetune
+from suite.core.budget import Fidelity
+from suite.core.chain import Chain
+from suite.core.plan import Plan
+from suite.core.realize import TrainableNetwork, trainable_network
+from suite.core.trace import TracedModel
+from suite.run.data import DataSplits
+from suite.run.executors import Executor, InProcessExecutor
+from suite.run.store import config_hash
+from suite.run.train import Accuracy, FinetuneRecipe, evaluate, finetune
 
-Fidelity = Literal["smoke", "full"]
 Progress = Callable[[int, int], None]  # (entries done, entries in the table)
 
 UPSTREAM_RECIPE = FinetuneRecipe(

@@ -30,10 +30,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from methods.api import Infeasible, MethodResult, PlanContext
 from methods.dp_depth.importance import (
     UPSTREAM_RECIPE,
-    Fidelity,
     ImportanceTable,
     default_cache_dir,
     importance_entries,
@@ -41,12 +39,13 @@ from methods.dp_depth.importance import (
     normalise,
 )
 from methods.dp_depth.solver import Entry, Segment, Solution, optimal_merge_table, solve
-from methods.registry import register_method
-from suite.chain import Chain, MergeRule
+from suite.core.budget import Budget, Fidelity
+from suite.core.chain import Chain, MergeRule
+from suite.core.method import Infeasible, MethodResult, PlanContext
+from suite.core.plan import Plan
+from suite.core.registry import register_method
 from suite.errors import DepthbenchError
-from suite.plan import Plan
-from suite.store import Budget
-from suite.train import FinetuneRecipe
+from suite.run.train import FinetuneRecipe
 
 PAPER = "Kim et al., ICML 2023: Efficient Latency-Aware CNN Depth Compression via Two-Stage DP"
 UPSTREAM_PREC = 20  # knapsack units per ms for MobileNetV2 (VGG: 10)
@@ -132,8 +131,8 @@ def measure_importance(ctx: PlanContext, config: DpDepthConfig) -> ImportanceTab
 
 def importance_cache_dir(ctx: PlanContext) -> Path:
     """Beside the run's latency-table cache when it has one, else the user cache directory."""
-    if ctx.table_cache is not None:
-        return ctx.table_cache.path.parent / "importance"
+    if ctx.cache_dir is not None:
+        return ctx.cache_dir / "importance"
     return default_cache_dir()
 
 

@@ -1,0 +1,120 @@
+"""The ``depthbench`` command line: one typer app; each step of the flow adds its commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from suite.cli import measure as cli_harness
+from suite.cli import methods as cli_methods
+from suite.cli import report as cli_report
+from suite.cli import run as cli_run
+from suite.console import console, user_errors
+from suite.core.chain import MERGE_RULES
+from suite.core.export import export_onnx
+from suite.core.plan import Plan
+from suite.core.realize import deploy_network, trainable_network
+from suite.core.trace import trace_model
+
+app = typer.Typer(
+    name="depthbench",
+    help="Benchmark CNN depth-compression methods fairly: one chain, exact merging, one latency harness.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+Width = Annotated[float, typer.Option(help="MobileNetV2 width multiplier.")]
+Resolution = Annotated[int, typer.Option(help="Input resolution the shapes are computed for.")]
+Classes = Annotated[int, typer.Option("--num-classes", help="Classifier outputs.")]
+
+
+@app.command()
+def inspect(
+    model: Annotated[
+        str, typer.Argument(help="mobilenet_v2, resnet18, resnet34, vgg11_bn, vgg16_bn, vgg19_bn")
+    ],
+    width: Width = 1.0,
+    resolution: Resolution = 224,
+    num_classes: Classes = 1000,
+) -> None:
+    """Show a model's chain: positions, convs, activations, residuals and valid segments."""
+    with user_errors():
+        chain = trace_model(
+            model, width=width, num_classes=num_classes, resolution=resolution
+        ).chain
+    table = Table(title=f"{chain.name} at {resolution}x{resolution}: L = {chain.L}")
+    for column in (
+        "pos",
+        "conv (in->out, k, s, p, groups)",
+        "act",
+        "output (C, H, W)",
+        "residual",
+        "pool",
+    ):
+        table.add_column(column)
+    pools = {pool.position: pool for pool in chain.pools}
+    for unit in chain.units:
+        c, p = unit.conv, unit.position
+        residual = chain.residual_into(p)
+        skip = ""
+        if residual is not None:
+            skip = f"{residual.source}->{p}" + (" (1x1 projection)" if residual.projection else "")
+        pool = pools.get(p)
+        table.add_row(
+            str(p),
+            f"{c.in_channels}->{c.out_channels}, {c.kernel}, {c.stride}, {c.padding}, {c.groups}",
+            unit.act or "-",
+            str(chain.shapes[p]),
+            skip,
+            f"{pool.kind} {pool.kernel}/{pool.stride}" if pool else "",
+        )
+    console.print(table)
+    console.print(f"stride boundaries (upstream rule): {sorted(chain.stride_boundaries)}")
+    for rule in MERGE_RULES:
+        console.print(f"valid segments under the {rule} rule: {len(chain.segments(rule))}")
+
+
+@app.command()
+def merge(
+    model: Annotated[str, typer.Argument(help="Model name, as for `inspect`.")],
+    plan: Annotated[Path, typer.Option(help="Plan JSON (activations, boundaries, ...).")],
+    out: Annotated[Path, typer.Option(help="ONNX file to write.")],
+    width: Width = 1.0,
+    resolution: Resolution = 224,
+    num_classes: Classes = 1000,
+) -> None:
+    """Build a plan's deploy network (BN folded, groups merged) and export it to ONNX, checked."""
+    with user_errors():
+        the_plan = Plan.load(plan)
+        traced = trace_model(model, width=width, num_classes=num_classes, resolution=resolution)
+        deploy = deploy_network(trainable_network(traced, the_plan))
+        export_onnx(deploy, (1, 3, resolution, resolution), out)
+    groups = the_plan.groups(traced.chain)
+    console.print(
+        f"wrote {out}: {len(groups)} merged convs, {len(the_plan.activations)} activations"
+    )
+
+
+@app.command("list-methods")
+def list_methods_command() -> None:
+    """List the registered compression methods."""
+    from suite.core.registry import list_methods
+
+    table = Table(title="registered methods")
+    for column in ("name", "aliases", "paper"):
+        table.add_column(column)
+    with user_errors():
+        for spec in list_methods():
+            table.add_row(spec.name, ", ".join(spec.aliases), spec.paper)
+    console.print(table)
+
+
+for module in (cli_harness, cli_methods, cli_run, cli_report):
+    module.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,268 @@
+"""The harness commands of the ``depthbench`` CLI: ``profiles``, ``measure`` and ``table``.
+
+``register(app)`` adds them to the main typer app (``suite.cli``). Every ``DepthbenchError``
+becomes its message on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.markup import escape
+from rich.table import Table
+
+from suite.console import console, err_console, progress_bar, user_errors
+from suite.errors import DepthbenchError
+from suite.measure.backends import get_backend
+from suite.measure.harness import LatencyResult, measure
+from suite.measure.profiles import (
+    Profile,
+    detect_machine,
+    list_profiles,
+    load_profile,
+    profile_dirs,
+    profile_files,
+    read_profile,
+)
+from suite.measure.tables import TableCache, additivity, build_table, default_cache_path
+
+DEFAULT_PROFILE = "cpu-onnxruntime"
+DEFAULT_RESOLUTION = 224
+
+ProfileOption = Annotated[str, typer.Option("--profile", "-p", help="Profile name or YAML file.")]
+WidthOption = Annotated[float, typer.Option(help="MobileNetV2 width multiplier.")]
+ResolutionOption = Annotated[
+    int | None,
+    typer.Option(help=f"Input resolution (default: the profile's, else {DEFAULT_RESOLUTION})."),
+]
+ClassesOption = Annotated[int, typer.Option("--num-classes", help="Classifier outputs.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``profiles list|show|validate|detect``, ``measure`` and ``table`` to ``app``."""
+    profiles = typer.Typer(
+        help="Hardware profiles: list, show, validate, detect.", no_args_is_help=True
+    )
+    profiles.command("list")(list_command)
+    profiles.command("show")(show_command)
+    profiles.command("validate")(validate_command)
+    profiles.command("detect")(detect_command)
+    app.add_typer(profiles, name="profiles")
+    app.command("measure")(measure_command)
+    app.command("table")(table_command)
+
+
+def list_command() -> None:
+    """List every profile on the search path."""
+    with user_errors():
+        table = Table("name", "backend", "device", "precision", "batch", "resolution", "hash")
+        for profile in list_profiles():
+            table.add_row(
+                profile.name,
+                profile.backend,
+                _device_rule(profile),
+                profile.precision,
+                str(profile.batch),
+                str(profile.resolution or "model's"),
+                profile.hash,
+            )
+        console.print(table)
+        console.print(f"search path: {', '.join(map(str, profile_dirs()))}")
+
+
+def show_command(name: Annotated[str, typer.Argument(help="Profile name or YAML file.")]) -> None:
+    """Print a profile's validated content and hash."""
+    with user_errors():
+        profile = load_profile(name)
+        console.print(escape(yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)))
+        console.print(f"hash: {profile.hash}")
+
+
+def validate_command(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Profile files (default: every profile).")
+    ] = None,
+) -> None:
+    """Validate profile files; report every problem, exit 1 if any file is invalid."""
+    with user_errors():
+        files = paths or profile_files()
+    failures = 0
+    for path in files:
+        try:
+            profile = read_profile(path)
+        except DepthbenchError as err:
+            failures += 1
+            err_console.print(f"[red]invalid[/red] {escape(str(err))}")
+        else:
+            console.print(f"[green]ok[/green] {path} ({profile.name}, hash {profile.hash})")
+    if failures:
+        raise typer.Exit(1)
+
+
+def detect_command() -> None:
+    """Show which profiles this machine can run (device rule matches and backend available)."""
+    with user_errors():
+        machine = detect_machine()
+        console.print(
+            f"CPU: {escape(machine.cpu_model)} ({machine.cpu_cores} cores); GPUs: "
+            f"{escape(', '.join(machine.gpu_names)) or 'none'}"
+        )
+        table = Table("profile", "device rule", "matches", "runs here")
+        for profile in list_profiles():
+            matches = profile.matches(machine.cpu_model, machine.gpu_names)
+            table.add_row(
+                profile.name,
+                _device_rule(profile),
+                "n/a" if profile.is_replay else ("yes" if matches else "no"),
+                _verdict(profile, matches),
+            )
+        console.print(table)
+
+
+def _device_rule(profile: Profile) -> str:
+    if profile.device is None:
+        return "none (replay)"
+    rules = [("cpu", profile.device.cpu_model), ("gpu", profile.device.gpu_name)]
+    return escape(", ".join(f"{kind} ~ {pattern}" for kind, pattern in rules if pattern))
+
+
+def _verdict(profile: Profile, matches: bool) -> str:
+    if profile.is_replay:
+        return "tables only (replayed data)"
+    if not matches:
+        return "no: not this device"
+    try:
+        get_backend(profile.backend).check_available(profile)
+    except DepthbenchError as err:
+        return escape(f"no: {err}")
+    return "[green]yes[/green]"
+
+
+def measure_command(
+    model: Annotated[
+        str, typer.Argument(help="A model name (mobilenet_v2, resnet18...) or an .onnx file.")
+    ],
+    profile_name: ProfileOption = DEFAULT_PROFILE,
+    width: WidthOption = 1.0,
+    resolution: ResolutionOption = None,
+    num_classes: ClassesOption = 1000,
+) -> None:
+    """Measure one network's latency under a profile and print the statistics."""
+    with user_errors():
+        profile = load_profile(profile_name)
+        if model.endswith(".onnx"):
+            result = measure(_existing(Path(model)), profile)
+        else:
+            from suite.core.models import build_model
+
+            size = _resolution(profile, resolution)
+            network = build_model(model, num_classes=num_classes, width=width).eval()
+            result = measure(network, profile, input_shape=(3, size, size))
+        console.print(_statistics_table(result, f"{model} under {profile.name}"))
+
+
+def table_command(
+    model: Annotated[str, typer.Argument(help="A model name: mobilenet_v2, resnet18, vgg19_bn...")],
+    profile_name: ProfileOption = DEFAULT_PROFILE,
+    rule: Annotated[str, typer.Option(help="Merge rule: upstream or general.")] = "upstream",
+    width: WidthOption = 1.0,
+    resolution: ResolutionOption = None,
+    num_classes: ClassesOption = 1000,
+    cache_path: Annotated[
+        Path | None, typer.Option("--cache", help="SQLite cache (default: the user cache dir).")
+    ] = None,
+) -> None:
+    """Build (or read from the cache, or replay) a latency table; print it with its additivity."""
+    with user_errors():
+        from suite.core.trace import trace_model
+
+        profile = load_profile(profile_name)
+        size = _resolution(profile, resolution)
+        traced = trace_model(model, width=width, num_classes=num_classes, resolution=size)
+        cache = None if profile.is_replay else TableCache(cache_path or default_cache_path())
+        with progress_bar() as bar:
+            task = bar.add_task("segments", total=None)
+            table = build_table(
+                traced.chain,
+                profile,
+                rule=rule,
+                cache=cache,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        frame = table.to_frame()
+        if table.replayed:
+            source = f"replayed from {profile.replay.table}"
+        else:
+            source = (
+                f"{table.measured} measured, {table.cached} cached, {table.remeasured} corrupt "
+                f"cache rows re-measured, {len(table.unstable)} unstable"
+            )
+        console.print(
+            f"{traced.chain.name} under {profile.name} ({rule} rule): {len(frame)} segments, "
+            f"{source}"
+        )
+        console.print(
+            f"T(i, j): min {frame.time_ms.min():.4g} ms, median {frame.time_ms.median():.4g} ms, "
+            f"max {frame.time_ms.max():.4g} ms"
+        )
+        if profile.is_replay:
+            console.print("additivity: not measurable, a replay profile has no device")
+            return
+        end_to_end = measure(traced.model, profile, input_shape=(3, size, size))
+        check = additivity(table, traced.chain, end_to_end)
+        console.print(
+            f"additivity: sum of single-unit segments {check.segment_sum_ms:.4g} ms vs end-to-end "
+            f"median {check.end_to_end_ms:.4g} ms: error {check.relative_error:+.1%}"
+        )
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise DepthbenchError(f"ONNX file {path} does not exist")
+    return path
+
+
+def _resolution(profile: Profile, requested: int | None) -> int:
+    """The input size: the profile's if it fixes one (a different request is an error)."""
+    if profile.resolution is not None and requested not in (None, profile.resolution):
+        raise DepthbenchError(
+            f"profile {profile.name!r} fixes the resolution {profile.resolution}; drop "
+            f"--resolution {requested} or use a profile with resolution: null"
+        )
+    return profile.resolution or requested or DEFAULT_RESOLUTION
+
+
+def _statistics_table(result: LatencyResult, title: str) -> Table:
+    table = Table("statistic", "value", title=escape(title))
+    rows = [
+        ("median", f"{result.median_ms:.4g} ms"),
+        ("95% CI of the median", f"{result.ci_low_ms:.4g} .. {result.ci_high_ms:.4g} ms"),
+        ("mean", f"{result.mean_ms:.4g} ms"),
+        ("p90 / p95 / p99", f"{result.p90_ms:.4g} / {result.p95_ms:.4g} / {result.p99_ms:.4g} ms"),
+        ("IQR", f"{result.iqr_ms:.4g} ms"),
+        ("CoV / robust CoV (gated)", f"{result.cov:.2%} / {result.robust_cov:.2%}"),
+        ("samples", str(result.n)),
+        ("stable", "yes" if result.stable else f"[red]no[/red] (after {result.attempts} attempts)"),
+        ("profile hash", result.profile_hash),
+        (
+            "CPU",
+            escape(f"{result.environment['cpu_model']} ({result.environment['cpu_cores']} cores)"),
+        ),
+        ("GPU", escape(", ".join(result.environment["gpu_names"]) or "none")),
+        (
+            "versions",
+            escape(
+                ", ".join(
+                    f"{package} {result.environment[package]}"
+                    for package in ("torch", "onnxruntime", "tensorrt")
+                    if result.environment[package]
+                )
+            ),
+        ),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table

@@ -1,0 +1,21 @@
+"""What a method is asked to meet, and how hard it may try.
+
+A ``Budget`` is a latency target: a fraction of the base network's measured latency, milliseconds
+of measured latency, or latency-table units (the dp-depth method's T0). ``Fidelity`` is the effort
+every method spends on its own search: ``smoke`` its cheapest setting, ``full`` its paper's.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Fidelity = Literal["smoke", "full"]
+
+
+class Budget(BaseModel):
+    """A latency budget: a fraction of the base network's latency, milliseconds, or table units."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["fraction", "ms", "table"]
+    value: float = Field(gt=0)

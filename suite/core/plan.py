@@ -1,0 +1,159 @@
+"""A plan: what a compression method decides, in Kim et al.'s notation, checked against a chain.
+
+- A (``activations``): positions that keep an activation; all others become identities.
+- S (``boundaries``): merge boundaries, S ⊇ A; the units between consecutive elements of
+  S ∪ {0, L} are fused into one conv. Position L always ends a group.
+- D (``deleted``): units replaced by the identity (layer-removal methods); only whole residual blocks
+  with identity shortcuts, or single shape-preserving units outside any block.
+- R (``replaced``): segments replaced by one new, freshly initialised conv (DeepRebirth); may absorb
+  the pool at the segment's end.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from suite.core.chain import Chain
+from suite.errors import DepthbenchError
+
+
+@dataclass(frozen=True)
+class Replacement:
+    start: int
+    end: int
+    absorb_pool: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    activations: frozenset[int]
+    boundaries: frozenset[int]
+    deleted: frozenset[int] = frozenset()
+    replaced: tuple[Replacement, ...] = ()
+    method: str = ""
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @staticmethod
+    def original(chain: Chain) -> Plan:
+        """The uncompressed network: every original activation kept, nothing merged."""
+        return Plan(chain.original_activations, frozenset(range(1, chain.L + 1)), method="original")
+
+    def groups(self, chain: Chain) -> list[tuple[int, int]]:
+        """The merge groups (i, j]: consecutive elements of S ∪ {0, L}."""
+        ends = sorted((self.boundaries | {chain.L}) - {0})
+        return list(zip([0, *ends[:-1]], ends, strict=True))
+
+    def validate(self, chain: Chain) -> None:
+        """Raise a DepthbenchError naming the first position and rule the plan breaks."""
+        for name, positions in (
+            ("activation", self.activations),
+            ("boundary", self.boundaries),
+            ("deleted unit", self.deleted),
+        ):
+            outside = sorted(p for p in positions if not 1 <= p <= chain.L)
+            if outside:
+                raise DepthbenchError(
+                    f"plan: {name} position {outside[0]} is outside the chain 1..{chain.L}"
+                )
+        stray = sorted(self.activations - self.boundaries - {chain.L})
+        if stray:
+            raise DepthbenchError(
+                f"plan: the activation at position {stray[0]} is not a merge boundary (A must be a subset of S)"
+            )
+        replaced = {(r.start, r.end): r for r in self.replaced}
+        for i, j in self.groups(chain):
+            if (i, j) in replaced:
+                continue
+            reason = chain.segment_violation(i, j, "general")
+            if reason:
+                raise DepthbenchError(f"plan: merge group ({i}, {j}] is invalid: {reason}")
+        for r in self.replaced:
+            _check_replacement(r, self.groups(chain), chain)
+        _check_deleted(self.deleted, self.groups(chain), chain)
+
+    def to_json(self) -> dict:
+        return {
+            "method": self.method,
+            "activations": sorted(self.activations),
+            "boundaries": sorted(self.boundaries),
+            "deleted": sorted(self.deleted),
+            "replaced": [vars(r) for r in self.replaced],
+            "meta": self.meta,
+        }
+
+    @staticmethod
+    def from_json(data: dict) -> Plan:
+        try:
+            return Plan(
+                activations=frozenset(int(p) for p in data["activations"]),
+                boundaries=frozenset(int(p) for p in data["boundaries"]),
+                deleted=frozenset(int(p) for p in data.get("deleted", [])),
+                replaced=tuple(Replacement(**r) for r in data.get("replaced", [])),
+                method=str(data.get("method", "")),
+                meta=dict(data.get("meta", {})),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise DepthbenchError(
+                f"malformed plan ({err!r}): expected keys 'activations' and 'boundaries' (lists of "
+                "positions), optional 'deleted', 'replaced' ([{start, end, absorb_pool}]), 'method', 'meta'"
+            ) from err
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @staticmethod
+    def load(path: Path) -> Plan:
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as err:
+            raise DepthbenchError(f"cannot read plan {path}: {err.strerror}") from err
+        except json.JSONDecodeError as err:
+            raise DepthbenchError(f"plan {path} is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise DepthbenchError(
+                f"plan {path} must be a JSON object with 'activations' and 'boundaries'"
+            )
+        return Plan.from_json(data)
+
+
+def _check_replacement(r: Replacement, groups: list[tuple[int, int]], chain: Chain) -> None:
+    if (r.start, r.end) not in groups:
+        raise DepthbenchError(
+            f"plan: replaced segment ({r.start}, {r.end}] must be exactly one merge group "
+            "(its ends in S ∪ {0, L}, no boundary inside)"
+        )
+    reason = chain.segment_violation(r.start, r.end, "general")
+    if reason:
+        raise DepthbenchError(f"plan: replaced segment ({r.start}, {r.end}] is invalid: {reason}")
+    if r.absorb_pool and r.end not in chain.barriers:
+        raise DepthbenchError(
+            f"plan: replaced segment ({r.start}, {r.end}] absorbs a pool, but none follows position {r.end}"
+        )
+
+
+def _check_deleted(deleted: frozenset[int], groups: list[tuple[int, int]], chain: Chain) -> None:
+    for i, j in groups:
+        inside = set(range(i + 1, j + 1))
+        if inside & deleted and not inside <= deleted:
+            p = min(inside - deleted)
+            raise DepthbenchError(
+                f"plan: merge group ({i}, {j}] mixes deleted units with the kept unit {p}"
+            )
+    for p in sorted(deleted):
+        block = next((r for r in chain.residuals if r.source < p <= r.target), None)
+        if block is None:
+            if chain.shapes[p - 1] != chain.shapes[p]:
+                raise DepthbenchError(
+                    f"plan: deleting unit {p} changes the feature shape {chain.shapes[p - 1]} -> "
+                    f"{chain.shapes[p]}; only shape-preserving units may be deleted"
+                )
+        elif (
+            block.projection is not None
+            or not set(range(block.source + 1, block.target + 1)) <= deleted
+        ):
+            raise DepthbenchError(
+                f"plan: unit {p} is in the residual block {block.source}->{block.target}; only whole "
+                "blocks with an identity shortcut may be deleted"
+            )

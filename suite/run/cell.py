@@ -1,0 +1,168 @@
+"""One experiment cell, in the order of DESIGN.md's flow:
+
+    plan -> realize -> fine-tune (the shared recipe) -> merge -> check -> measure -> evaluate
+
+``run_cell`` returns the record fields of the cell; the runner adds the provenance (run id, hashes,
+environment, code version) and stores it. A method that cannot meet the budget raises
+``Infeasible`` and the cell becomes an infeasible record with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from suite.core.budget import Budget, Fidelity
+from suite.core.chain import Chain, MergeRule
+from suite.core.method import Infeasible, PlanContext, Progress
+from suite.core.plan import Plan
+from suite.core.realize import DeployNetwork, deploy_network, trainable_network
+from suite.core.registry import get_method
+from suite.core.trace import TracedModel
+from suite.errors import DepthbenchError
+from suite.measure.harness import LatencyResult, measure
+from suite.measure.profiles import Profile
+from suite.measure.tables import LatencyTable, TableCache, build_table
+from suite.run.data import DataSplits
+from suite.run.train import FinetuneRecipe, evaluate, finetune
+
+# The deploy network must compute what the fine-tuned network computes; fp32 rounding of merged
+# kernels stays well inside this (see tests/test_merge.py for the measured worst case).
+MERGE_TOLERANCE = 1e-4
+
+
+TABLE_CACHE_FILE = "latency_tables.sqlite"
+
+
+def plan_context(
+    traced: TracedModel,
+    profile: Profile,
+    data: DataSplits,
+    recipe: FinetuneRecipe,
+    *,
+    fidelity: Fidelity = "full",
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> PlanContext:
+    """A method's planning context, its measuring wired to the harness under ``profile``.
+
+    Candidates are screened under the profile's light ``table_protocol``; latency tables are
+    cached in ``cache_dir`` (none: not cached, as under a replay profile).
+    """
+    shape = (3, traced.chain.resolution, traced.chain.resolution)
+    cache = TableCache(cache_dir / TABLE_CACHE_FILE) if cache_dir is not None else None
+
+    def screen(network: nn.Module) -> LatencyResult:
+        return measure(network, profile, shape, protocol=profile.table_protocol)
+
+    def tables(chain: Chain, rule: MergeRule) -> LatencyTable:
+        return build_table(chain, profile, rule=rule, cache=cache)
+
+    return PlanContext(
+        traced=traced,
+        profile=profile,
+        data=data,
+        recipe=recipe,
+        screen=screen,
+        tables=tables,
+        fidelity=fidelity,
+        seed=seed,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+
+
+@dataclass
+class CellOutcome:
+    status: str  # "ok" or "infeasible"
+    reason: str | None = None
+    plan: Plan | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    deploy: DeployNetwork | None = None
+
+
+def run_cell(
+    ctx: PlanContext, method: str, method_config: dict | None, budget: Budget
+) -> CellOutcome:
+    """Plan, fine-tune, merge, measure and evaluate one (method, budget) cell.
+
+    Fine-tuning distils from the base network when the shared recipe says so, for every method.
+    """
+    spec = get_method(method)
+    unsupported = spec.supports(ctx.chain)
+    if unsupported:
+        return CellOutcome(
+            "infeasible", f"{spec.name} does not apply to {ctx.chain.name}: {unsupported}"
+        )
+    try:
+        ctx.report("plan", 0, 1)
+        result = spec.plan(ctx, budget, spec.make_config(method_config))
+    except Infeasible as err:
+        return CellOutcome("infeasible", str(err))
+    plan = result.plan
+    trainable = result.trainable or trainable_network(ctx.traced, plan)
+    teacher = ctx.traced.model if ctx.recipe.kd_weight > 0 else None
+    finetune(
+        trainable,
+        ctx.data,
+        ctx.recipe,
+        teacher=teacher,
+        progress=lambda d, t: ctx.report("fine-tune", d, t),
+    )
+    deploy = deploy_network(trainable)
+    merge_error = check_merge(trainable, deploy, ctx.chain.resolution)
+    ctx.report("measure", 0, 1)
+    latency = measure(
+        deploy, ctx.profile, input_shape=(3, ctx.chain.resolution, ctx.chain.resolution)
+    )
+    ctx.report("evaluate", 0, 1)
+    accuracy = evaluate(deploy, ctx.data.test)
+    fields = {
+        **latency.as_record_fields(),
+        "environment": latency.environment,
+        "top1": accuracy.top1,
+        "top5": accuracy.top5,
+        "loss": accuracy.loss,
+        **model_stats(deploy, ctx.chain.resolution),
+        "activations": len(plan.activations),
+        "plan": {
+            **plan.to_json(),
+            "meta": {**plan.meta, **result.meta, "merge_error": merge_error},
+        },
+    }
+    return CellOutcome("ok", None, plan, fields, deploy)
+
+
+@torch.no_grad()
+def check_merge(trainable: nn.Module, deploy: nn.Module, resolution: int, seed: int = 0) -> float:
+    """Largest relative difference between the two networks' logits on random inputs."""
+    images = torch.randn(
+        4, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed)
+    )
+    expected, merged = trainable.eval()(images), deploy.eval()(images)
+    error = ((merged - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+    if error > MERGE_TOLERANCE:
+        raise DepthbenchError(
+            f"the merged network differs from the trained one by {error:.2e} (relative), above "
+            f"{MERGE_TOLERANCE:.0e}; this is a bug in merging, please report it with the plan"
+        )
+    return error
+
+
+@torch.no_grad()
+def model_stats(network: nn.Module, resolution: int) -> dict[str, int]:
+    """Parameters, multiply-accumulates for one image, and the number of convolutions."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        network.eval()(torch.zeros(1, 3, resolution, resolution))
+    return {
+        "params": sum(p.numel() for p in network.parameters()),
+        "macs": counter.get_total_flops() // 2,
+        "depth": sum(isinstance(m, nn.Conv2d) for m in network.modules()),
+    }

@@ -1,0 +1,346 @@
+"""The runner: an experiment's grid of cells, run by an executor, each cell stored once.
+
+A run goes
+
+    experiment -> grid of cells (method x budget x profile x seed, for the experiment's model)
+      -> skip the cells already stored -> data -> base network (checkpoint, or trained once and
+      cached) -> each remaining cell: ``run_cell`` -> one record -> ``consolidate``
+
+Cells are content-addressed: a cell's hash covers everything its result depends on (model, data
+set, base weights, method and full config, budget, profile hash, seed, fine-tune recipe,
+fidelity), never the code version, which is recorded instead. The run id is the experiment's name
+plus a hash of its cells, so running the same experiment again finds its run and skips every
+finished cell, while a changed grid starts a new run. A cell is written in one step when it
+finishes (``ResultsStore.write``), so a run killed at any point loses only the cells in flight.
+
+Every cell ends as a record: ``ok``, ``infeasible`` (no plan meets the budget, or the method does
+not apply to the network; the reason says which) or ``failed`` (an error, with its message). A
+failed cell never stops the run; it is stored like the others and skipped by later runs (move its
+file out of ``cells/`` to run it again).
+
+The ``original`` network has no budget to meet: it is one cell per profile and seed, stored with
+the budget ``fraction 1.0``, i.e. 100% of the base network's own latency.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.markup import escape
+from rich.progress import Progress, TaskID
+
+from suite.console import progress_bar
+from suite.core.budget import Budget
+from suite.core.method import PlanContext
+from suite.core.trace import TracedModel, trace_model
+from suite.errors import DepthbenchError
+from suite.measure.harness import capture_environment
+from suite.measure.profiles import Profile, load_profile
+from suite.measure.tables import default_cache_path
+from suite.run.cell import plan_context, run_cell
+from suite.run.config import DatasetConfig, Experiment
+from suite.run.data import DataSplits, load_data
+from suite.run.executors import Executor, Resources
+from suite.run.store import CellRecord, ResultsStore, code_version, config_hash, read_consolidated
+from suite.run.train import load_checkpoint, train_base
+
+ORIGINAL = "original"
+ORIGINAL_BUDGET = Budget(kind="fraction", value=1.0)
+CELL_HASH_LENGTH = 16
+RUN_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"  # what the store accepts as one path component
+
+StepProgress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid and the hash that names its record."""
+
+    method: str
+    method_config: dict[str, Any]
+    budget: Budget
+    profile: Profile
+    seed: int
+    cell_hash: str
+
+    @property
+    def label(self) -> str:
+        budget = "" if self.method == ORIGINAL else f" @ {self.budget.kind} {self.budget.value:g}"
+        return f"{self.method}{budget} · {self.profile.name} · seed {self.seed}"
+
+
+def grid(experiment: Experiment) -> list[Cell]:
+    """Every cell of the experiment, profiles outermost (the runner runs one profile at a time)."""
+    profiles = [load_profile(name) for name in experiment.profiles]
+    common = {
+        "model": experiment.model,
+        "dataset": experiment.dataset.model_dump(exclude={"root"}),  # a local path, not content
+        "base": base_identity(experiment),
+        "finetune": experiment.finetune,
+        "fidelity": experiment.fidelity,
+    }
+    cells = []
+    for profile in profiles:
+        for seed in experiment.seeds:
+            for method in experiment.methods:
+                budgets = [ORIGINAL_BUDGET] if method.name == ORIGINAL else experiment.budgets
+                for budget in budgets:
+                    content = {
+                        **common,
+                        "method": method.name,
+                        "method_config": method.config,
+                        "budget": budget,
+                        "profile_hash": profile.hash,
+                        "seed": seed,
+                    }
+                    cell_hash = config_hash(content)[:CELL_HASH_LENGTH]
+                    cells.append(Cell(method.name, method.config, budget, profile, seed, cell_hash))
+    return cells
+
+
+def default_run_id(experiment: Experiment, cells: list[Cell]) -> str:
+    """``<name>-<hash of the cells>``: the same experiment always finds the same run."""
+    return f"{experiment.name}-{config_hash(sorted(cell.cell_hash for cell in cells))[:8]}"
+
+
+def base_identity(experiment: Experiment) -> dict[str, Any]:
+    """What the cell hash records about the base weights: the checkpoint's content, or the recipe
+    that trains them (training is seeded, so the recipe determines the weights)."""
+    if experiment.base.checkpoint is None:
+        return {"train": experiment.base.train}
+    checkpoint = experiment.base.checkpoint
+    if not checkpoint.is_file():
+        raise DepthbenchError(f"base checkpoint {checkpoint} (base.checkpoint) does not exist")
+    digest = hashlib.sha256()
+    with checkpoint.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return {"checkpoint_sha256": digest.hexdigest()}
+
+
+def measurement_resources(profile: Profile) -> Resources:
+    """The Ray custom resource a cell under ``profile`` holds while it runs (one unit per node)."""
+    return {f"profile:{profile.name}": 1}
+
+
+@functools.lru_cache(maxsize=1)
+def experiment_data(dataset: DatasetConfig) -> DataSplits:
+    """The experiment's data, loaded once per process (the driver's, or each Ray lane's)."""
+    return load_data(dataset.name, dataset.root, dataset.resolution, dataset.seed)
+
+
+def base_network(experiment: Experiment, weights: dict[str, torch.Tensor]) -> TracedModel:
+    """The traced base network with ``weights`` loaded; a checkpoint of another shape is refused."""
+    model, data = experiment.model, experiment_data(experiment.dataset)
+    traced = trace_model(model.name, model.width, data.num_classes, data.resolution)
+    try:
+        traced.model.load_state_dict(weights)
+    except RuntimeError as error:
+        source = experiment.base.checkpoint or "the trained base network"
+        raise DepthbenchError(
+            f"base weights {source} do not fit {model.name} (width {model.width:g}) with "
+            f"{data.num_classes} classes: {str(error).splitlines()[0]} ...; give the checkpoint "
+            "of that network, or fix the model section"
+        ) from error
+    return traced
+
+
+def base_weights(
+    experiment: Experiment, progress: StepProgress | None = None
+) -> dict[str, torch.Tensor]:
+    """The base network's state dict: the checkpoint, or trained from scratch once and cached."""
+    if experiment.base.checkpoint is not None:
+        return load_checkpoint(experiment.base.checkpoint)
+
+    def report(done: int, total: int) -> None:
+        if progress is not None:
+            progress("train the base network", done, total)
+
+    path = train_base(
+        experiment.model.name,
+        experiment_data(experiment.dataset),
+        experiment.base.train,
+        default_cache_path().parent / "base",
+        width=experiment.model.width,
+        progress=report,
+    )
+    return load_checkpoint(path)
+
+
+@dataclass
+class CellRunner:
+    """Runs cells of one run and returns their records; what an executor maps over the grid.
+
+    Picklable, so that a Ray lane can hold one: it carries the base weights, not the data, which
+    each process loads itself. A context (the traced base network and the latencies measured so
+    far) is kept per profile and seed, so cells that share them measure the base network once.
+    """
+
+    experiment: Experiment
+    weights: dict[str, torch.Tensor]
+    model_label: str
+    run_id: str
+    code_version: str
+    cache_dir: Path  # latency tables and importance entries
+    progress: StepProgress | None = None  # only where the cells run in the caller's process
+    _contexts: dict[tuple[str, int], PlanContext] = field(default_factory=dict, repr=False)
+
+    def __call__(self, cell: Cell) -> CellRecord:
+        fields: dict[str, Any] = {}
+        try:
+            outcome = run_cell(self._context(cell), cell.method, cell.method_config, cell.budget)
+            status, reason, fields = outcome.status, outcome.reason, outcome.fields
+        except Exception as error:  # whatever went wrong, it is this cell's result; the run goes on
+            status, reason = "failed", f"{type(error).__name__}: {error}"
+        if "environment" not in fields:  # unmeasured cells still say where they ran
+            fields["environment"] = capture_environment(cell.profile)
+        return CellRecord(
+            run_id=self.run_id,
+            cell_hash=cell.cell_hash,
+            model=self.model_label,
+            dataset=self.experiment.dataset.name,
+            method=cell.method,
+            method_config=cell.method_config,
+            budget=cell.budget,
+            seed=cell.seed,
+            profile_name=cell.profile.name,
+            profile_hash=cell.profile.hash,
+            status=status,
+            reason=reason,
+            fidelity=self.experiment.fidelity,
+            code_version=self.code_version,
+            **fields,
+        )
+
+    def _context(self, cell: Cell) -> PlanContext:
+        key = (cell.profile.hash, cell.seed)
+        if key not in self._contexts:
+            self._contexts[key] = plan_context(
+                base_network(self.experiment, self.weights),
+                cell.profile,
+                experiment_data(self.experiment.dataset),
+                self.experiment.finetune.model_copy(update={"seed": cell.seed}),
+                fidelity=self.experiment.fidelity,
+                seed=cell.seed,
+                cache_dir=self.cache_dir,
+            )
+        context = self._contexts[key]
+        if self.progress is not None:
+            report, label = self.progress, cell.label
+            context.progress = lambda what, done, total: report(f"{label}: {what}", done, total)
+        return context
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    run_dir: Path
+    records: Path  # records.parquet
+    cells: int
+    reused: int  # cells found stored and skipped
+    by_status: dict[str, int]  # of every cell of the run
+
+
+def run_experiment(
+    experiment: Experiment,
+    results: Path,
+    executor: Executor,
+    run_id: str | None = None,
+) -> RunSummary:
+    """Run every cell of ``experiment`` not yet stored under ``results/<run_id>``; consolidate.
+
+    ``run_id`` defaults to ``default_run_id``. Progress goes to stderr; each failed cell is printed
+    with its reason as it is stored.
+    """
+    store = ResultsStore(results)
+    cells = grid(experiment)
+    run_id = run_id or default_run_id(experiment, cells)
+    if not re.fullmatch(RUN_ID_PATTERN, run_id):
+        raise DepthbenchError(
+            f"run id {run_id!r} is not a folder name: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    todo = [cell for cell in cells if not store.has(run_id, cell.cell_hash)]
+    with progress_bar() as bar:
+        display = _Display(bar, total=len(cells), done=len(cells) - len(todo))
+        if todo:
+            cell_runner = make_cell_runner(experiment, run_id, display.step)
+            if executor.in_process:
+                cell_runner.progress = display.step
+            for profile, profile_cells in _by_profile(todo):
+                resources = measurement_resources(profile)
+                for record in executor.map(cell_runner, profile_cells, resources):
+                    _store(store, record, bar)
+                    display.cell_done(record)
+    records = store.consolidate(run_id, run_config=experiment.model_dump(mode="json"))
+    statuses = Counter(read_consolidated(records.parent)["status"])
+    reused = len(cells) - len(todo)
+    return RunSummary(run_id, records.parent, records, statuses.total(), reused, dict(statuses))
+
+
+def make_cell_runner(
+    experiment: Experiment, run_id: str, progress: StepProgress | None = None
+) -> CellRunner:
+    """The CellRunner of a run: loads the data and the base weights (training them if needed)
+    and checks that they fit the network and every profile."""
+    data = experiment_data(experiment.dataset)
+    for name in experiment.profiles:
+        profile = load_profile(name)
+        if profile.resolution not in (None, data.resolution):
+            raise DepthbenchError(
+                f"profile {name!r} measures at {profile.resolution}x{profile.resolution} but the "
+                f"data set {data.name!r} is {data.resolution}x{data.resolution}; set "
+                f"dataset.resolution: {profile.resolution} or use a profile with resolution: null"
+            )
+    weights = base_weights(experiment, progress)
+    traced = base_network(experiment, weights)
+    return CellRunner(
+        experiment, weights, traced.chain.name, run_id, code_version(), default_cache_path().parent
+    )
+
+
+def _by_profile(cells: list[Cell]) -> list[tuple[Profile, list[Cell]]]:
+    groups: dict[str, tuple[Profile, list[Cell]]] = {}
+    for cell in cells:
+        groups.setdefault(cell.profile.hash, (cell.profile, []))[1].append(cell)
+    return list(groups.values())
+
+
+def _store(store: ResultsStore, record: CellRecord, bar: Progress) -> None:
+    """Write the record; a record another run stored meanwhile is kept, and said so."""
+    try:
+        store.write(record)
+    except DepthbenchError as error:
+        bar.console.print(f"[yellow]kept the stored record:[/yellow] {escape(str(error))}")
+
+
+class _Display:
+    """Two bars: the grid's cells, and the step the current cell is at (in-process runs only)."""
+
+    def __init__(self, bar: Progress, total: int, done: int) -> None:
+        self.bar = bar
+        self.cells: TaskID = bar.add_task("cells", total=total, completed=done)
+        self.steps: TaskID = bar.add_task("", total=None, visible=False)
+
+    def step(self, description: str, done: int, total: int) -> None:
+        self.bar.update(
+            self.steps, description=escape(description), completed=done, total=total, visible=True
+        )
+
+    def cell_done(self, record: CellRecord) -> None:
+        self.bar.advance(self.cells)
+        self.bar.update(self.steps, visible=False)
+        if record.status == "failed":
+            first_line = (record.reason or "").splitlines()[0]  # the record keeps all of it
+            self.bar.console.print(
+                f"[red]failed[/red] {escape(record.method)} ({record.cell_hash}): "
+                f"{escape(first_line)}"
+            )

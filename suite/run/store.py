@@ -1,0 +1,327 @@
+"""The results store: one JSON file per experiment cell, consolidated into Parquet for reports.
+
+Layout under the results root::
+
+    <run_id>/cells/<cell_hash>.json   one record per cell, written once, never replaced
+    <run_id>/records.parquet          every cell of the run as one table (rebuilt by consolidate)
+    <run_id>/manifest.json            run configuration, counts and code versions
+
+A cell file appears atomically and only if none is there, so an interrupted run resumes by skipping
+cells that exist, and several processes can write one run at once without losing or clobbering
+anything.
+"""
+
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import pandas as pd
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from suite.core.budget import Budget
+from suite.errors import DepthbenchError
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # safe as one path component
+
+
+class CellRecord(BaseModel):
+    """Everything one experiment cell produced, with the provenance to trust and redo it.
+
+    Latency and accuracy are empty for cells that are ``infeasible`` (no plan meets the budget) or
+    ``failed``; those say why in ``reason``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(pattern=_NAME_PATTERN)
+    cell_hash: str = Field(pattern=r"^[0-9a-f]{8,64}$")
+    model: str
+    dataset: str
+    method: str
+    method_config: dict[str, Any] = Field(default_factory=dict)
+    budget: Budget
+    seed: int
+    profile_name: str
+    profile_hash: str
+    status: Literal["ok", "infeasible", "failed"]
+    reason: str | None = None
+    fidelity: str
+    latency_ms_median: float | None = None
+    latency_ms_mean: float | None = None
+    latency_ms_p90: float | None = None
+    latency_ms_p95: float | None = None
+    latency_ms_p99: float | None = None
+    latency_ms_iqr: float | None = None
+    latency_cov: float | None = Field(None, description="coefficient of variation (std / mean)")
+    latency_robust_cov: float | None = Field(
+        None, description="IQR / (1.349 median): the stability gate's statistic"
+    )
+    latency_ms_ci_low: float | None = Field(None, description="confidence interval of the median")
+    latency_ms_ci_high: float | None = None
+    latency_samples: int | None = None
+    stable: bool | None = None
+    top1: float | None = None
+    top5: float | None = None
+    loss: float | None = None
+    params: int | None = None
+    macs: int | None = None
+    depth: int | None = Field(None, description="convolutions in the deployed network")
+    activations: int | None = Field(None, description="activations kept")
+    plan: dict[str, Any] | None = None
+    environment: dict[str, Any] = Field(default_factory=dict)
+    code_version: str
+    created_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @model_validator(mode="after")
+    def _unfinished_cells_say_why(self) -> "CellRecord":
+        if self.status != "ok" and not self.reason:
+            raise ValueError(f"a cell with status {self.status!r} needs a reason")
+        return self
+
+
+def config_hash(obj: Any) -> str:
+    """sha256 of ``obj`` as canonical JSON: equal configurations give equal hashes, on any machine.
+
+    Accepts JSON-like data, pydantic models, dataclasses and paths; key order does not matter and
+    tuples hash like lists.
+    """
+    try:
+        canonical = json.dumps(
+            to_jsonable_python(obj), sort_keys=True, separators=(",", ":"), allow_nan=False
+        )
+    except (PydanticSerializationError, ValueError) as error:
+        raise DepthbenchError(f"cannot hash configuration {obj!r}: {error}") from error
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def code_version() -> str:
+    """The git commit the suite runs from ('+dirty' with uncommitted changes), else its version."""
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / ".git").exists():
+        return metadata.version("depthbench")
+    try:
+        commit = _git(checkout, "rev-parse", "HEAD")
+        changes = _git(checkout, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):  # no git, or a checkout without commits
+        return metadata.version("depthbench")
+    return commit + ("+dirty" if changes else "")
+
+
+class ResultsStore:
+    """Cell records of any number of runs under one results root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def write(self, record: CellRecord) -> Path:
+        """Store ``record`` as its run's cell file, atomically; returns the file's path.
+
+        Writing a cell that is already stored with the same content (ignoring ``created_at``) does
+        nothing; a different result for a stored cell is refused and the stored file is kept.
+        """
+        path = self._cell_path(record.run_id, record.cell_hash)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(record.model_dump_json(indent=2))
+                handle.flush()
+                os.fsync(handle.fileno())
+            # link, unlike os.replace, fails when the cell exists: no writer can clobber another.
+            os.link(temporary, path)
+        except FileExistsError:
+            _refuse_different_content(path, record)
+        finally:
+            os.unlink(temporary)
+        return path
+
+    def has(self, run_id: str, cell_hash: str) -> bool:
+        """Whether the cell is stored (finished, infeasible or failed)."""
+        return self._cell_path(run_id, cell_hash).exists()
+
+    def records(self, run_id: str) -> pd.DataFrame:
+        """Every stored cell of ``run_id``, one row each (see ``records_frame`` for the columns).
+
+        Corrupt cell files are named in the error and left where they are.
+        """
+        records, corrupt = [], []
+        for path in sorted(self._cells_dir(run_id).glob("*.json")):
+            try:
+                records.append(_read_cell(path))
+            except DepthbenchError as error:
+                corrupt.append(str(error))
+        if corrupt:
+            raise DepthbenchError(
+                f"run {run_id!r} has corrupt cell files (kept as they are): {'; '.join(corrupt)}. "
+                "Move them out of the cells folder and run the run again to redo those cells"
+            )
+        return records_frame(records)
+
+    def consolidate(self, run_id: str, run_config: Mapping[str, Any] | None = None) -> Path:
+        """Write ``records.parquet`` and ``manifest.json`` for ``run_id``; returns the Parquet path.
+
+        ``run_config`` goes into the manifest; without it the manifest keeps the configuration it
+        already holds. A file lock keeps the Parquet file and the manifest of concurrent
+        consolidations consistent with each other.
+        """
+        run_dir = self._cells_dir(run_id).parent
+        with _exclusive_lock(run_dir / ".consolidate.lock"):
+            frame = self.records(run_id)
+            manifest_path = run_dir / "manifest.json"
+            if run_config is None and manifest_path.exists():
+                run_config = _read_json(manifest_path).get("run_config")
+            manifest = {
+                "run_id": run_id,
+                "run_config": dict(run_config) if run_config is not None else None,
+                "cells": len(frame),
+                "cells_by_status": _counts(frame["status"]),
+                "cells_by_method": _counts(frame["method"]),
+                "record_code_versions": sorted(frame["code_version"].unique()),
+                "consolidated_by": code_version(),
+                "consolidated_at": datetime.now(UTC).isoformat(),
+            }
+            records_path = run_dir / "records.parquet"
+            _replace_atomically(records_path, lambda path: frame.to_parquet(path, index=False))
+            _replace_atomically(
+                manifest_path, lambda path: path.write_text(json.dumps(manifest, indent=2))
+            )
+        return records_path
+
+    def _cells_dir(self, run_id: str) -> Path:
+        cells = self.root / run_id / "cells"
+        if not cells.is_dir():
+            raise DepthbenchError(f"run {run_id!r} has no results: {cells} does not exist")
+        return cells
+
+    def _cell_path(self, run_id: str, cell_hash: str) -> Path:
+        return self.root / run_id / "cells" / f"{cell_hash}.json"
+
+
+def read_consolidated(run_dir: Path) -> pd.DataFrame:
+    """The records of a consolidated run directory (``<root>/<run_id>``), from Parquet alone."""
+    path = Path(run_dir) / "records.parquet"
+    if not path.is_file():
+        raise DepthbenchError(
+            f"{path} does not exist: {run_dir} is not a consolidated run directory "
+            "(expected results/<run-id> of a finished or resumed run)"
+        )
+    return pd.read_parquet(path)
+
+
+def records_frame(records: list[CellRecord]) -> pd.DataFrame:
+    """Records as a table: one column per field, ``budget`` split into ``budget_kind`` and
+    ``budget_value``, and the free-form dicts (``method_config``, ``plan``, ``environment``) as
+    JSON text so that the table has one schema whatever the methods put in them."""
+    rows = []
+    for record in records:
+        row = record.model_dump(exclude={"budget"})
+        row["budget_kind"], row["budget_value"] = record.budget.kind, record.budget.value
+        for name in _JSON_COLUMNS:
+            if row[name] is not None:
+                row[name] = json.dumps(row[name], sort_keys=True)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(_COLUMN_DTYPES)).astype(_COLUMN_DTYPES)
+
+
+def _column_dtypes() -> dict[str, str]:
+    """Nullable pandas dtypes, so that a column has its type even when every value is missing."""
+    dtypes = {}
+    for name, field in CellRecord.model_fields.items():
+        if name == "budget":
+            dtypes |= {"budget_kind": "string", "budget_value": "float64"}
+            continue
+        types = get_args(field.annotation) or (field.annotation,)
+        if bool in types:
+            dtypes[name] = "boolean"
+        elif int in types:
+            dtypes[name] = "Int64"
+        elif float in types:
+            dtypes[name] = "float64"
+        elif datetime in types or AwareDatetime in types:
+            dtypes[name] = "datetime64[us, UTC]"
+        else:
+            dtypes[name] = "string"
+    return dtypes
+
+
+_COLUMN_DTYPES = _column_dtypes()
+_JSON_COLUMNS = ("method_config", "plan", "environment")
+
+
+def _read_cell(path: Path) -> CellRecord:
+    try:
+        record = CellRecord.model_validate_json(path.read_bytes())
+    except ValidationError as error:
+        raise DepthbenchError(
+            f"{path}: not a valid cell record ({error.error_count()} errors: "
+            f"{error.errors()[0]['msg']})"
+        ) from error
+    if record.cell_hash != path.stem:
+        raise DepthbenchError(f"{path}: holds cell {record.cell_hash}, not the one its name says")
+    return record
+
+
+def _refuse_different_content(path: Path, record: CellRecord) -> None:
+    stored = _read_cell(path)
+    if stored.model_dump(exclude={"created_at"}) != record.model_dump(exclude={"created_at"}):
+        raise DepthbenchError(
+            f"{path} already holds a different result for cell {record.cell_hash}; it was kept. "
+            "Use a new run id, or move that file away to run the cell again"
+        )
+
+
+def _counts(column: pd.Series) -> dict[str, int]:
+    return {str(value): int(count) for value, count in column.value_counts().items()}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DepthbenchError(f"{path} is not valid JSON ({error}); move it away") from error
+
+
+def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write`` on a temporary sibling of ``path``, then move it into place in one step."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    os.close(descriptor)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+@contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _git(checkout: Path, *arguments: str) -> str:
+    completed = subprocess.run(
+        ["git", "-C", str(checkout), *arguments], capture_output=True, text=True, check=True
+    )
+    return completed.stdout.strip()
