@@ -18,10 +18,10 @@ from methods.dp_depth import method
 from methods.dp_depth.importance import importance_entries
 from methods.dp_depth.method import DpDepthConfig, Tables, knapsack_precision, plan_dp_depth
 from methods.dp_depth.solver import solve
-from suite.latency_table import build_table
-from suite.profiles import load_profile
-from suite.store import Budget
-from suite.trace import trace_model
+from suite.core.budget import Budget
+from suite.core.trace import trace_model
+from suite.measure.profiles import load_profile
+from suite.measure.tables import build_table
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,14 @@ from methods.dp_depth.importance import (
     importance_table,
     normalise,
 )
-from methods.dp_depth.solver import Entry, Segment, Solution, optimal_merge_table, solve
+from methods.dp_depth.solver import (
+    Entry,
+    Segment,
+    Solution,
+    Solver,
+    optimal_merge_table,
+    solve,
+)
 from suite.core.budget import Budget, Fidelity
 from suite.core.chain import Chain, MergeRule
 from suite.core.method import Infeasible, MethodResult, PlanContext
@@ -76,10 +83,8 @@ class DpDepthConfig(BaseModel):
         gt=0,
         description="knapsack time units per table ms; None: per family (10 VGG, 20 otherwise)",
     )
-    # the solver's Solver literal, spelt as a pattern: pydantic validates it the same way
-    solver: str = Field(
+    solver: Solver = Field(
         "upstream",
-        pattern="^(upstream|exact)$",
         description="upstream: upstream's recurrences exactly; exact: the self-consistent variant",
     )
     alpha: float = Field(1.6, ge=0, description="normalisation α (1.2 MBV2-1.4, 1.4 VGG19)")
@@ -175,7 +180,7 @@ def knapsack_precision(tables: Tables) -> float:
     return max(family_prec, MIN_BUDGET_UNITS / singles)
 
 
-def plan_at(tables: Tables, t0: float, prec: float, solver: str = "upstream") -> Plan:
+def plan_at(tables: Tables, t0: float, prec: float, solver: Solver = "upstream") -> Plan:
     """Steps 2-4 at budget T0 (table units); no plan within T0 is Infeasible, with the reason."""
     try:
         solution = solve(
@@ -212,7 +217,7 @@ def to_plan(solution: Solution, t0: float, prec: float, fidelity: Fidelity) -> P
 
 
 def search_t0(
-    ctx: PlanContext, tables: Tables, prec: float, target_ms: float, solver: str = "upstream"
+    ctx: PlanContext, tables: Tables, prec: float, target_ms: float, solver: Solver = "upstream"
 ) -> Plan:
     """The plan of the largest T0 whose deploy network measures at most ``target_ms``.
 
