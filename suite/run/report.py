@@ -86,9 +86,12 @@ def aggregate_seeds(records: pd.DataFrame) -> pd.DataFrame:
 
     One seed: the cell's own numbers; top-1's interval is the Wilson interval over its test
     images (empty for records without ``test_images``), latency's is the record's. Several
-    seeds: top-1 is their mean with a Student-t interval over seeds (clipped to [0, 100]),
-    latency the geometric mean of their medians with a t-interval on the logarithms, ``stable``
-    only if every seed was. top-5 is the mean.
+    seeds: top-1 is their mean, latency the geometric mean of their medians, each with a
+    Student-t interval over seeds (on logarithms for latency). The seeds share one test set and
+    each latency has its own session noise, which the spread over seeds does not show (two seeds
+    with equal top-1 give a zero-width t-interval), so the interval is the hull of the
+    t-interval and the one-seed intervals: the Wilson interval of the mean top-1, the seeds'
+    latency intervals. ``stable`` only if every seed was; top-5 is the mean.
     """
     measured = _with_optional_columns(records)
     measured = measured[measured["status"] == "ok"]
@@ -378,14 +381,16 @@ def _aggregate(seeds: pd.DataFrame) -> dict[str, object]:
             "latency_ms_ci_high": one["latency_ms_ci_high"],
         }
     mean, low, high = t_interval(top1)
+    images = seeds["test_images"].iloc[0]
+    wilson = _wilson_percent(mean, images if seeds["test_images"].nunique() == 1 else pd.NA)
     geometric, latency_low, latency_high = geometric_t_interval(latency)
     return row | {
         "top1": mean,
-        "top1_ci_low": max(low, 0.0),
-        "top1_ci_high": min(high, 100.0),
+        "top1_ci_low": max(min(low, wilson.get("top1_ci_low", low)), 0.0),
+        "top1_ci_high": min(max(high, wilson.get("top1_ci_high", high)), 100.0),
         "latency_ms_median": geometric,
-        "latency_ms_ci_low": latency_low,
-        "latency_ms_ci_high": latency_high,
+        "latency_ms_ci_low": min(latency_low, seeds["latency_ms_ci_low"].min()),
+        "latency_ms_ci_high": max(latency_high, seeds["latency_ms_ci_high"].max()),
     }
 
 
