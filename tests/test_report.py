@@ -12,6 +12,7 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from suite.cli.report import register
+from suite.console import configure_logging
 from suite.core.budget import Budget
 from suite.errors import DepthbenchError
 from suite.run.report import (
@@ -259,6 +260,7 @@ def test_compare_refuses_runs_with_duplicate_cells():
 @pytest.fixture
 def cli():
     app = typer.Typer()
+    app.callback()(configure_logging)  # warnings to stderr, as the depthbench app does
     register(app)
     return app
 
@@ -272,7 +274,10 @@ def test_cli_report_and_compare(tmp_path, cli):
     result = runner.invoke(cli, ["report", str(tmp_path / "run-a")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "Per-method Pareto fronts" in result.output and "dp_depth" in result.output
-    assert (tmp_path / "run-a" / "records.parquet").exists()  # consolidated from the cells
+    assert "has no records.parquet (the run did not finish): reading its 14 cell files" in (
+        " ".join(result.output.split())
+    )
+    assert not (tmp_path / "run-a" / "records.parquet").exists()  # consolidating is `run`'s job
     assert (tmp_path / "run-a" / "report" / f"cpu-onnxruntime-{'c' * 12}" / "results.md").exists()
     result = runner.invoke(
         cli, ["compare", str(tmp_path / "run-a"), str(tmp_path / "run-b")], env={"COLUMNS": "200"}
@@ -281,6 +286,64 @@ def test_cli_report_and_compare(tmp_path, cli):
     # 9 of the 12 compressed cells moved beyond their latency CIs; the other 3 stay inside them
     # and inside McNemar's noise; the original's top-5 went from 97.6% to 100% (Wilson apart)
     assert "10 of 14 cells differ beyond the measured noise" in result.output
+
+
+def folder_state(folder):
+    """Every file under ``folder`` with its modification time and content."""
+    return {
+        path.relative_to(folder): (path.stat().st_mtime_ns, path.read_bytes())
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_report_and_compare_only_read_the_run_folders(tmp_path, cli):
+    """Tests run as root, where chmod stops no write: what counts is that no file changes."""
+    store = ResultsStore(tmp_path / "results")
+    for run_id, seed in (("run-a", 0), ("run-b", 1)):
+        for record in realistic_run(run_id=run_id, seed=seed):
+            store.write(record)
+        store.consolidate(run_id)
+    run_a, run_b = tmp_path / "results" / "run-a", tmp_path / "results" / "run-b"
+    late = realistic_run(run_id="run-b", seed=7)[0].model_copy(update={"seed": 7})
+    store.write(late.model_copy(update={"cell_hash": config_hash("late")[:16]}))  # a resumed run
+    for lock in (tmp_path / "results").rglob(".consolidate.lock"):
+        lock.unlink()  # left by consolidate; reading must not take one
+    before = folder_state(tmp_path / "results")
+    for folder in (run_a, run_b, run_a / "cells", run_b / "cells"):
+        folder.chmod(0o555)
+    try:
+        runner = CliRunner()
+        reported = runner.invoke(cli, ["report", str(run_a), "--out", str(tmp_path / "report")])
+        compared = runner.invoke(cli, ["compare", str(run_a), str(run_b)], env={"COLUMNS": "200"})
+    finally:
+        for folder in (run_a, run_b, run_a / "cells", run_b / "cells"):
+            folder.chmod(0o755)
+
+    assert reported.exit_code == 0, reported.output
+    assert (tmp_path / "report" / f"cpu-onnxruntime-{'c' * 12}" / "results.csv").is_file()
+    assert compared.exit_code == 0, compared.output
+    assert "lacks 1 of the run's cell files: reading the cells instead" in " ".join(
+        compared.output.split()
+    )
+    assert "of 15 cells differ" in compared.output  # the late cell is counted
+    assert folder_state(tmp_path / "results") == before  # no file changed, none appeared
+
+
+def test_compare_refuses_runs_of_different_profiles(tmp_path, cli):
+    store = ResultsStore(tmp_path)
+    for run_id, profile in (("run-a", CPU), ("run-b", GPU)):
+        for record in realistic_run(profile, run_id=run_id):
+            store.write(record)
+        store.consolidate(run_id)
+
+    result = CliRunner().invoke(cli, ["compare", str(tmp_path / "run-a"), str(tmp_path / "run-b")])
+
+    message = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert f"was measured under 'cpu-onnxruntime' (hash {'c' * 12})" in message
+    assert f"under 'rtx2080ti-replay' (hash {'d' * 12}): latencies of different profiles" in message
+    assert "cells differ" not in message
 
 
 def test_cli_errors_are_one_message_and_exit_1(tmp_path, cli):
