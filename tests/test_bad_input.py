@@ -348,7 +348,8 @@ def test_a_full_disk_stops_the_write_saying_so_and_keeps_what_is_stored(tmp_path
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(DepthbenchError, match="no space left on the device writing .*cells.*run the same command again"):
+    message = "no space left on the device writing .*cells.*run the same command again"
+    with pytest.raises(DepthbenchError, match=message):
         store.write(make_record(method="layerprune"))
     monkeypatch.undo()
 
