@@ -2,11 +2,16 @@
 
 Every problem becomes one ``DepthbenchError`` that names the file, each offending field and what
 is allowed there, so a user fixes the file in one go instead of one error at a time.
+
+The reader is PyYAML's safe loader with two changes: a key given twice in one mapping is an error
+naming the key and both lines (PyYAML keeps the last silently), and numbers in exponent notation
+without a dot (``1e-3``, ``1e308``) are numbers, as in YAML 1.2 (YAML 1.1 reads them as text).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,6 +21,66 @@ from pydantic import BaseModel, ValidationError
 from suite.errors import DepthbenchError
 
 Model = TypeVar("Model", bound=BaseModel)
+
+# YAML 1.2's float, which (unlike 1.1's) needs no dot before an exponent: 1e-3, 1E+5, -2e308.
+_FLOAT_1_2 = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.VERBOSE,
+)
+
+
+class _DuplicateKey(yaml.MarkedYAMLError):
+    """A mapping names one key twice."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses repeated keys and reads 1e-3 as a number."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key == "<<":  # a merge key, expanded by flatten_mapping
+                continue
+            line = key_node.start_mark.line + 1
+            if isinstance(key, Hashable) and key in first_line:
+                raise _DuplicateKey(
+                    problem=f"key {key!r} is given twice (lines {first_line[key]} and {line}); "
+                    "keep one of them",
+                    problem_mark=key_node.start_mark,
+                )
+            if isinstance(key, Hashable):
+                first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+# Tried after SafeLoader's own resolvers (for a subclass, PyYAML copies their table first), so
+# what YAML 1.1 reads as an int, a timestamp or a float stays so; only 1e-3 and the like change.
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The content of the YAML file ``path``; ``what`` names the file in errors."""
+    if not path.is_file():
+        raise DepthbenchError(f"{what} file {path} does not exist")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise DepthbenchError(f"cannot read {what} {path}: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise DepthbenchError(
+            f"{what} {path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8"
+        ) from error
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as error:
+        line = error.problem_mark.line + 1
+        raise DepthbenchError(f"{what} {path}, line {line}: {error.problem}") from error
+    except yaml.YAMLError as error:
+        raise DepthbenchError(f"{what} {path}: not valid YAML: {error}") from error
 
 
 def load_yaml_model(
@@ -29,12 +94,7 @@ def load_yaml_model(
 
     ``what`` ("profile", "experiment") names the file in errors; ``context`` goes to validators.
     """
-    if not path.is_file():
-        raise DepthbenchError(f"{what} file {path} does not exist")
-    try:
-        content = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise DepthbenchError(f"{what} {path}: not valid YAML: {error}") from error
+    content = read_yaml(path, what)
     if not isinstance(content, dict):
         raise DepthbenchError(
             f"{what} {path}: expected a mapping of fields ({', '.join(model.model_fields)}), "

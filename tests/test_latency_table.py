@@ -13,6 +13,7 @@ from suite.errors import DepthbenchError
 from suite.measure.harness import measure
 from suite.measure.profiles import REFERENCE_DIR, load_profile, read_profile
 from suite.measure.tables import (
+    CorruptCacheFileWarning,
     CorruptCacheRowWarning,
     TableCache,
     additivity,
@@ -141,13 +142,31 @@ def test_a_corrupt_row_is_reported_measured_again_and_repaired(profile, resnet18
     assert (again.remeasured, again.measured) == (0, 0)
 
 
-def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path):
+def test_a_file_that_is_not_sqlite_is_moved_aside_and_a_new_cache_started(
+    profile, resnet18, tmp_path
+):
     path = tmp_path / "cache.sqlite"
     path.write_bytes(b"precious results, not a database" * 100)
 
+    with pytest.warns(CorruptCacheFileWarning, match="was not an SQLite database; moved it to"):
+        cache = TableCache(path)
+    table = build_table(resnet18.chain, profile, cache=cache)
+
+    [aside] = tmp_path.glob("cache.sqlite.corrupt-*")
+    assert aside.read_bytes() == b"precious results, not a database" * 100  # kept as it was
+    assert path.read_bytes().startswith(b"SQLite format 3\x00") and table.measured > 0
+    assert build_table(resnet18.chain, profile, cache=TableCache(path)).measured == 0
+
+
+def test_an_sqlite_file_that_is_damaged_inside_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "cache.sqlite"
+    TableCache(path)
+    damaged = path.read_bytes()[:16] + b"\xff" * 4000
+    path.write_bytes(damaged)
+
     with pytest.raises(DepthbenchError, match=f"latency cache {path} cannot be used as an SQLite"):
         TableCache(path)
-    assert path.read_bytes() == b"precious results, not a database" * 100
+    assert path.read_bytes() == damaged
 
 
 def test_progress_counts_up_to_the_distinct_segments(profile, resnet18, tmp_path):

@@ -132,10 +132,12 @@ def test_consolidate_writes_parquet_equal_to_the_cells_and_a_manifest(tmp_path):
     manifest = json.loads((tmp_path / "run-1" / "manifest.json").read_text())
     assert manifest["cells"] == 3
     assert manifest["cells_by_status"] == {"ok": 2, "failed": 1}
-    assert manifest["run_config"] == {"model": "mobilenet_v2"}
-    store.consolidate("run-1")  # no configuration given: the stored one is kept
+    assert manifest["run_configs"] == [{"model": "mobilenet_v2"}]
+    store.consolidate("run-1")  # no configuration given: the stored ones are kept
+    store.consolidate("run-1", run_config={"model": "resnet18"})  # another experiment: added
+    store.consolidate("run-1", run_config={"model": "mobilenet_v2"})  # a known one: not repeated
     manifest = json.loads((tmp_path / "run-1" / "manifest.json").read_text())
-    assert manifest["run_config"] == {"model": "mobilenet_v2"}
+    assert manifest["run_configs"] == [{"model": "mobilenet_v2"}, {"model": "resnet18"}]
     pd.testing.assert_frame_equal(read_consolidated(tmp_path / "run-1"), from_parquet)
 
 
@@ -186,3 +188,7 @@ def test_two_processes_writing_one_run_lose_nothing(tmp_path):
     assert sorted(consolidated["method"]) == sorted(expected)  # the last consolidation saw all
     manifest = json.loads((tmp_path / "shared-run" / "manifest.json").read_text())
     assert manifest["cells"] == len(expected)
+    assert sorted(c["writer"] for c in manifest["run_configs"]) == [
+        "a",
+        "b",
+    ]  # merged, not replaced

@@ -18,4 +18,4 @@ class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["fraction", "ms", "table"]
-    value: float = Field(gt=0)
+    value: float = Field(gt=0, allow_inf_nan=False)

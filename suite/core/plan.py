@@ -85,19 +85,22 @@ class Plan:
 
     @staticmethod
     def from_json(data: dict) -> Plan:
+        """A plan from its JSON form; positions must be integers (not 1.5, not true)."""
         try:
             return Plan(
-                activations=frozenset(int(p) for p in data["activations"]),
-                boundaries=frozenset(int(p) for p in data["boundaries"]),
-                deleted=frozenset(int(p) for p in data.get("deleted", [])),
-                replaced=tuple(Replacement(**r) for r in data.get("replaced", [])),
+                activations=_positions(data, "activations"),
+                boundaries=_positions(data, "boundaries"),
+                deleted=_positions(data, "deleted"),
+                replaced=tuple(_replacement(r) for r in data.get("replaced", [])),
                 method=str(data.get("method", "")),
                 meta=dict(data.get("meta", {})),
             )
         except (KeyError, TypeError, ValueError) as err:
+            reason = f"missing key {err}" if isinstance(err, KeyError) else str(err)
             raise DepthbenchError(
-                f"malformed plan ({err!r}): expected keys 'activations' and 'boundaries' (lists of "
-                "positions), optional 'deleted', 'replaced' ([{start, end, absorb_pool}]), 'method', 'meta'"
+                f"malformed plan ({reason}): expected keys 'activations' and 'boundaries' (lists of "
+                "integer positions), optional 'deleted', 'replaced' ([{start, end, absorb_pool}]), "
+                "'method', 'meta'"
             ) from err
 
     def save(self, path: Path) -> None:
@@ -106,16 +109,58 @@ class Plan:
     @staticmethod
     def load(path: Path) -> Plan:
         try:
-            data = json.loads(Path(path).read_text())
+            text = Path(path).read_bytes().decode("utf-8")
+            data = json.loads(text, parse_constant=_refuse_constant)
         except OSError as err:
             raise DepthbenchError(f"cannot read plan {path}: {err.strerror}") from err
-        except json.JSONDecodeError as err:
+        except UnicodeDecodeError as err:
+            raise DepthbenchError(
+                f"plan {path} is not UTF-8 text (byte {err.start}: {err.reason}); a plan is JSON"
+            ) from err
+        except (json.JSONDecodeError, ValueError) as err:
             raise DepthbenchError(f"plan {path} is not valid JSON: {err}") from err
+        except RecursionError as err:
+            raise DepthbenchError(
+                f"plan {path} is nested too deeply to be a plan; a plan is a flat JSON object"
+            ) from err
         if not isinstance(data, dict):
             raise DepthbenchError(
                 f"plan {path} must be a JSON object with 'activations' and 'boundaries'"
             )
-        return Plan.from_json(data)
+        try:
+            return Plan.from_json(data)
+        except DepthbenchError as err:
+            raise DepthbenchError(f"plan {path}: {err}") from err
+
+
+def _refuse_constant(name: str) -> float:
+    """json's hook for NaN and Infinity, which are not JSON and no position."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positions(data: dict, key: str) -> frozenset[int]:
+    values = data[key] if key in ("activations", "boundaries") else data.get(key, [])
+    if not isinstance(values, list):
+        raise TypeError(f"{key!r} must be a list of positions, not {type(values).__name__}")
+    bad = [value for value in values if not _is_int(value)]
+    if bad:
+        raise ValueError(f"{key!r} holds {json.dumps(bad[0])}, but positions are integers")
+    return frozenset(values)
+
+
+def _replacement(entry: object) -> Replacement:
+    if not isinstance(entry, dict):
+        raise TypeError(f"'replaced' entries are objects, not {type(entry).__name__}")
+    replacement = Replacement(**entry)
+    if not (_is_int(replacement.start) and _is_int(replacement.end)):
+        raise ValueError("'replaced' start and end are integer positions")
+    if not isinstance(replacement.absorb_pool, bool):
+        raise ValueError("'replaced' absorb_pool is true or false")
+    return replacement
 
 
 def _check_replacement(r: Replacement, groups: list[tuple[int, int]], chain: Chain) -> None:

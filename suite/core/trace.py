@@ -5,6 +5,10 @@ conv and the final 1x1 conv stay outside it, as upstream, so L = 50), ResNet (Ba
 Bottleneck, identity and 1x1 projection shortcuts; the stem conv is position 1 and its max-pool a
 barrier) and VGG (with or without BN; every max-pool is a barrier). A module the tracer does not
 understand is an error that names it.
+
+Feature shapes are computed for one input resolution, which must be a positive integer at which
+no feature map vanishes (VGG's five pools need 32x32); a smaller one is refused naming the smallest
+that works.
 """
 
 from __future__ import annotations
@@ -100,6 +104,10 @@ class _Builder:
 def trace(model: nn.Module, resolution: int, name: str | None = None) -> TracedModel:
     """Cut ``model`` into a chain; feature shapes are computed for a ``resolution`` x ``resolution`` input."""
     name = name or type(model).__name__
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise DepthbenchError(
+            f"resolution must be a positive whole number of pixels, got {resolution!r}"
+        )
     builder = _Builder()
     if isinstance(model, MobileNetV2):
         stem, head, act_kind = _walk_mobilenet_v2(model, builder)
@@ -116,6 +124,13 @@ def trace(model: nn.Module, resolution: int, name: str | None = None) -> TracedM
         for p, (conv, act) in enumerate(zip(builder.convs, builder.acts, strict=True))
     )
     shapes = _feature_shapes(stem, units, builder.pool_specs, resolution)
+    if _vanishes(shapes):
+        smallest = _smallest_resolution(stem, units, builder.pool_specs, resolution)
+        position = next(p for p, shape in enumerate(shapes) if _vanishes([shape]))
+        raise DepthbenchError(
+            f"{name} at resolution {resolution}: the feature map vanishes (shape {shapes[position]} "
+            f"at position {position}); the smallest resolution that works is {smallest}"
+        )
     pool = head[0]
     if isinstance(pool, nn.AdaptiveAvgPool2d) and shapes[-1][1] % _int(pool.output_size) != 0:
         head[0] = MatrixAdaptiveAvgPool2d(_int(pool.output_size))
@@ -300,6 +315,27 @@ def _int(value: int | tuple[int, ...]) -> int:
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
+
+
+def _vanishes(shapes: list[tuple[int, int, int]] | tuple[tuple[int, int, int], ...]) -> bool:
+    return any(height < 1 or width < 1 for _, height, width in shapes)
+
+
+def _smallest_resolution(
+    stem: nn.Module, units: tuple[Unit, ...], pools: list[Pool], too_small: int
+) -> int:
+    """The least resolution above ``too_small`` with no vanishing feature map (sizes only grow
+    with the resolution, so doubling then bisecting finds it)."""
+    low, high = too_small, 2 * too_small
+    while _vanishes(_feature_shapes(stem, units, pools, high)):
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _vanishes(_feature_shapes(stem, units, pools, middle)):
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 def _feature_shapes(

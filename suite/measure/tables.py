@@ -8,7 +8,10 @@ conv, followed by the chain's activation, measured as a standalone model at its 
 Caching: numbers go into an SQLite file keyed by (profile hash, segment signature). The signature
 is the conv's shape, input shape, batch and activation, nothing about the model, so a segment is
 measured once across models, methods and runs. Every row carries a checksum of its content; a row
-that fails it is reported (a warning naming the row), measured again and replaced.
+that fails it is reported (a warning naming the row), measured again and replaced. A cache file
+that is not an SQLite database at all is moved aside (``<name>.corrupt-<time>``, with a warning
+naming both paths) and a new cache is started, so a damaged cache costs measurements, never
+results.
 
 Replay profiles answer from an upstream table instead of measuring, after checking that the
 table's rows are exactly the chain's valid segments and that the chain is the network the table
@@ -47,6 +50,10 @@ from suite.measure.profiles import REFERENCE_DIR, Profile
 
 Segment = tuple[int, int]
 Progress = Callable[[int, int], None]
+
+
+class CorruptCacheFileWarning(UserWarning):
+    """The cache file was not an SQLite database; it was moved aside and a new one started."""
 
 
 class CorruptCacheRowWarning(UserWarning):
@@ -105,6 +112,7 @@ class TableCache:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._move_aside_if_foreign()
         with self._database() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS segment_latency ("
@@ -152,6 +160,25 @@ class TableCache:
                 (*content, _checksum(*content)),
             )
 
+    def _move_aside_if_foreign(self) -> None:
+        """Move a file that is not an SQLite database out of the way (an empty file is one)."""
+        try:
+            with self.path.open("rb") as file:
+                header = file.read(len(_SQLITE_HEADER))
+        except FileNotFoundError:
+            return
+        if not header or header == _SQLITE_HEADER:
+            return
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        os.replace(self.path, aside)
+        warnings.warn(
+            f"latency cache {self.path} was not an SQLite database; moved it to {aside} (kept for "
+            "inspection) and started a new cache: its segments are measured again",
+            CorruptCacheFileWarning,
+            stacklevel=3,
+        )
+
     @contextmanager
     def _database(self) -> Iterator[sqlite3.Connection]:
         """A connection that commits on success and is always closed."""
@@ -166,6 +193,9 @@ class TableCache:
             ) from err
         finally:
             db.close()
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database
 
 
 def _checksum(*content: object) -> str:

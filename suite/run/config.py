@@ -16,13 +16,17 @@ the hardware profiles, the seeds and the one fine-tuning recipe every method get
     fidelity: full
 
 Method names, method configs and profiles are checked against the registry and the profile search
-path when the file is read, so a typo fails before any training starts. Relative paths
+path when the file is read, so a typo fails before any training starts. A run measures every
+cell's network end to end, so replay profiles (an upstream table, no device) are refused here.
+Budgets are finite positive numbers; ``name`` defaults to the file's stem, which must then be a
+valid name itself. Relative paths
 (``dataset.root``, ``base.checkpoint``) are relative to the file's directory; ``~`` is expanded.
 Every error names the file, the field and what is allowed there.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,8 +133,11 @@ class MethodEntry(_Strict):
         return {**entry, "name": spec.name, "config": config.model_dump(mode="json")}
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
 class Experiment(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="prefix of the run id")
+    name: str = Field(description="prefix of the run id; default: the file's stem")
     model: ModelConfig
     dataset: DatasetConfig
     base: BaseConfig
@@ -140,6 +147,19 @@ class Experiment(_Strict):
     seeds: list[int] = Field([0], min_length=1)
     finetune: FinetuneRecipe
     fidelity: Literal["smoke", "full"] = "full"
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str, info: ValidationInfo) -> str:
+        if re.fullmatch(NAME_PATTERN, name):
+            return name
+        allowed = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+        if name == (info.context or {}).get("default_name"):
+            raise ValueError(
+                f"not given, and the file name {name!r} cannot stand in for it ({allowed}): "
+                "add a line 'name: ...' or rename the file"
+            )
+        raise ValueError(f"{name!r} is not usable in a run id: use {allowed}")
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -153,6 +173,12 @@ class Experiment(_Strict):
     def _bare_fractions(cls, budgets: Any) -> Any:
         if not isinstance(budgets, list):
             return budgets
+        for budget in budgets:
+            if isinstance(budget, str):
+                raise ValueError(
+                    f"{budget!r} is text: write a number (a fraction of the base latency, e.g. "
+                    "0.7) or {kind: ms, value: 2.5}"
+                )
         return [{"kind": "fraction", "value": b} if _is_number(b) else b for b in budgets]
 
     @field_validator("profiles")
@@ -160,9 +186,16 @@ class Experiment(_Strict):
     def _loadable(cls, profiles: list[str]) -> list[str]:
         for name in profiles:
             try:
-                load_profile(name)
+                profile = load_profile(name)
             except DepthbenchError as error:
                 raise ValueError(str(error)) from error
+            if profile.is_replay:
+                raise ValueError(
+                    f"profile {name!r} replays an upstream latency table and has no device, but a "
+                    "run measures every cell's network; use a measuring profile (`depthbench "
+                    "profiles detect` lists those this machine can run); replay profiles serve "
+                    "`depthbench plan`"
+                )
         return profiles
 
     @field_validator("methods", "budgets", "profiles", "seeds")
@@ -182,7 +215,7 @@ def load_experiment(path: str | Path) -> Experiment:
         path,
         "experiment",
         defaults={"name": path.stem},
-        context={"config_dir": path.parent.resolve()},
+        context={"config_dir": path.parent.resolve(), "default_name": path.stem},
     )
 
 

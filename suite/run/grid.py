@@ -18,6 +18,15 @@ not apply to the network; the reason says which) or ``failed`` (an error, with i
 failed cell never stops the run; it is stored like the others and skipped by later runs (move its
 file out of ``cells/`` to run it again).
 
+What is wrong with the machine rather than with a cell is refused before anything runs, so it
+never becomes a stored result: a results folder that cannot be written, a profile whose backend
+cannot run here (its ``check_available`` says what to install), a latency cache that cannot be
+used, a resolution at which the network's feature maps vanish. A full disk or Ctrl-C stops the
+run with a message; the cells stored so far stay, and running again resumes.
+
+Two runs of one experiment share its cells: each claims a cell (``ResultsStore.claim``) before
+computing it, and a run skips the cells another live run has claimed, saying so.
+
 The ``original`` network has no budget to meet: it is one cell per profile and seed, stored with
 the budget ``fraction 1.0``, i.e. 100% of the base network's own latency.
 """
@@ -41,14 +50,23 @@ from suite.core.budget import Budget
 from suite.core.method import PlanContext
 from suite.core.trace import TracedModel, trace_model
 from suite.errors import DepthbenchError
+from suite.measure.backends import get_backend
 from suite.measure.harness import capture_environment
 from suite.measure.profiles import Profile, load_profile
-from suite.measure.tables import default_cache_path
-from suite.run.cell import plan_context, run_cell
+from suite.measure.tables import TableCache, default_cache_path
+from suite.run.cell import TABLE_CACHE_FILE, plan_context, run_cell
 from suite.run.config import DatasetConfig, Experiment
 from suite.run.data import DataSplits, load_data
 from suite.run.executors import Executor, Resources
-from suite.run.store import CellRecord, ResultsStore, code_version, config_hash, read_consolidated
+from suite.run.store import (
+    CellRecord,
+    Claim,
+    ResultsStore,
+    StoredDifferently,
+    code_version,
+    config_hash,
+    read_consolidated,
+)
 from suite.run.train import load_checkpoint, train_base
 
 ORIGINAL = "original"
@@ -249,6 +267,7 @@ class RunSummary:
     cells: int
     reused: int  # cells found stored and skipped
     by_status: dict[str, int]  # of every cell of the run
+    claimed_elsewhere: int = 0  # cells skipped because another live run is computing them
 
 
 def run_experiment(
@@ -276,37 +295,101 @@ def run_experiment(
         "run %s: %d cells, %d already stored, %d to run", run_id, len(cells), len(cells) - len(todo),
         len(todo),
     )  # fmt: skip
-    with step_progress() as steps:
-        display = _Display(steps, total=len(cells), todo=len(todo))
-        if todo:
-            cell_runner = make_cell_runner(experiment, run_id, display.step)
-            if executor.in_process:
-                cell_runner.progress, cell_runner.started = display.step, display.cell_started
-            for profile, profile_cells in _by_profile(todo):
-                resources = measurement_resources(profile)
-                for record in executor.map(cell_runner, profile_cells, resources):
-                    _store(store, record)
-                    display.cell_done(record)
+    if todo:
+        store.check_writable(run_id)
+        check_environment(experiment)
+        store.open_run(run_id)
+    mine, elsewhere = _claim(store, run_id, todo)
+    try:
+        with step_progress() as steps:
+            if elsewhere:
+                _say_claimed(elsewhere)
+            display = _Display(steps, total=len(cells), todo=len(mine))
+            if mine:
+                cell_runner = make_cell_runner(experiment, run_id, display.step)
+                if executor.in_process:
+                    cell_runner.progress, cell_runner.started = display.step, display.cell_started
+                for profile, profile_cells in _by_profile(mine):
+                    resources = measurement_resources(profile)
+                    for record in executor.map(cell_runner, profile_cells, resources):
+                        _store(store, record)
+                        store.release(run_id, record.cell_hash)
+                        display.cell_done(record)
+    except KeyboardInterrupt as interrupt:
+        raise DepthbenchError(
+            f"interrupted: the cells stored so far are kept in {store.root / run_id / 'cells'}; "
+            "run the same command again to compute the rest"
+        ) from interrupt
+    finally:
+        for cell in mine:
+            store.release(run_id, cell.cell_hash)
     records = store.consolidate(run_id, run_config=experiment.model_dump(mode="json"))
     statuses = Counter(read_consolidated(records.parent)["status"])
     reused = len(cells) - len(todo)
-    return RunSummary(run_id, records.parent, records, statuses.total(), reused, dict(statuses))
+    return RunSummary(
+        run_id, records.parent, records, statuses.total(), reused, dict(statuses), len(elsewhere)
+    )
 
 
-def make_cell_runner(
-    experiment: Experiment, run_id: str, progress: StepProgress | None = None
-) -> CellRunner:
-    """The CellRunner of a run: loads the data and the base weights (training them if needed)
-    and checks that they fit the network and every profile."""
+def check_environment(experiment: Experiment) -> None:
+    """Refuse, before anything runs or is stored, what would fail every cell for a reason outside
+    the cells: a profile this machine cannot measure under or at another resolution than the
+    data's, a resolution at which the network vanishes, a latency cache that cannot be opened (a
+    file that is not SQLite at all is moved aside and a new cache started)."""
     data = experiment_data(experiment.dataset)
     for name in experiment.profiles:
         profile = load_profile(name)
+        if profile.is_replay:
+            raise DepthbenchError(
+                f"profile {name!r} replays an upstream latency table; a run needs a measuring "
+                "profile (`depthbench profiles detect`)"
+            )
+        get_backend(profile.backend).check_available(profile)
         if profile.resolution not in (None, data.resolution):
             raise DepthbenchError(
                 f"profile {name!r} measures at {profile.resolution}x{profile.resolution} but the "
                 f"data set {data.name!r} is {data.resolution}x{data.resolution}; set "
                 f"dataset.resolution: {profile.resolution} or use a profile with resolution: null"
             )
+    model = experiment.model
+    trace_model(model.name, model.width, data.num_classes, data.resolution)
+    TableCache(default_cache_path().parent / TABLE_CACHE_FILE)
+
+
+def _claim(store: ResultsStore, run_id: str, todo: list[Cell]) -> tuple[list[Cell], list[Claim]]:
+    """Claim every cell of ``todo``: the cells this run computes, and the others' live claims."""
+    mine, elsewhere = [], []
+    try:
+        for cell in todo:
+            holder = store.claim(run_id, cell.cell_hash)
+            if holder is not None:
+                elsewhere.append(holder)
+            elif store.has(run_id, cell.cell_hash):  # stored by another run since we looked
+                store.release(run_id, cell.cell_hash)
+            else:
+                mine.append(cell)
+    except BaseException:
+        for cell in mine:
+            store.release(run_id, cell.cell_hash)
+        raise
+    return mine, elsewhere
+
+
+def _say_claimed(claims: list[Claim]) -> None:
+    holders = ", ".join(
+        f"pid {c.pid} on {c.host}" for c in sorted(set(claims), key=lambda c: (c.host, c.pid))
+    )
+    logger.warning(
+        "skipped %d cells another run is computing now (%s); run again once it has finished to "
+        "include its cells in this run's records", len(claims), holders,
+    )  # fmt: skip
+
+
+def make_cell_runner(
+    experiment: Experiment, run_id: str, progress: StepProgress | None = None
+) -> CellRunner:
+    """The CellRunner of a run: loads the base weights (training them if needed) and checks
+    that they fit the network. ``check_environment`` comes first, as in ``run_experiment``."""
     weights = base_weights(experiment, progress)
     traced = base_network(experiment, weights)
     return CellRunner(
@@ -325,7 +408,7 @@ def _store(store: ResultsStore, record: CellRecord) -> None:
     """Write the record; a record another run stored meanwhile is kept, and said so."""
     try:
         store.write(record)
-    except DepthbenchError as error:
+    except StoredDifferently as error:
         logger.warning("kept the stored record: %s", error)
 
 

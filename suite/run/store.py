@@ -4,27 +4,40 @@ Layout under the results root::
 
     <run_id>/cells/<cell_hash>.json   one record per cell, written once, never replaced
     <run_id>/records.parquet          every cell of the run as one table (rebuilt by consolidate)
-    <run_id>/manifest.json            run configuration, counts and code versions
+    <run_id>/manifest.json            the configurations that wrote the run, counts, code versions
+    <run_id>/claims/<cell_hash>.json  a cell some process is computing now (its pid and host)
 
 A cell file appears atomically and only if none is there, so an interrupted run resumes by skipping
 cells that exist, and several processes can write one run at once without losing or clobbering
-anything.
+anything. Before computing a cell a runner claims it (a claim file created exclusively); another
+runner skips a claimed cell instead of computing it twice. A claim whose process is gone (same
+host, pid no longer running) is stale and taken over; one from another host stays until its owner
+releases it or someone deletes it. Files are written readable by everyone the umask allows (0644
+under the usual umask), so a shared results folder is readable by colleagues.
+
+Faults are messages, never tracebacks: a results folder that cannot be written is refused before
+anything runs (``check_writable``), a full disk stops the run saying so (cells stored so far
+stay), and a ``records.parquet`` that is damaged or not a depthbench table is named as such.
 """
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import pandas as pd
+import pyarrow
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -133,6 +146,35 @@ def code_version() -> str:
     return commit + ("+dirty" if changes else "")
 
 
+@dataclass(frozen=True)
+class Claim:
+    """Who is computing a cell: a process id on a host."""
+
+    pid: int
+    host: str
+
+    def is_stale(self) -> bool:
+        """Whether the claim's process is gone (only knowable for a process on this host)."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, owned by another user
+            return False
+        return False
+
+
+def _read_claim(path: Path) -> Claim | None:
+    """The claim in ``path``; None if there is none, or it is not a claim (not ours to honour)."""
+    try:
+        content = json.loads(path.read_text())
+        return Claim(int(content["pid"]), str(content["host"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class ResultsStore:
     """Cell records of any number of runs under one results root."""
 
@@ -146,20 +188,73 @@ class ResultsStore:
         nothing; a different result for a stored cell is refused and the stored file is kept.
         """
         path = self._cell_path(record.run_id, record.cell_hash)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(record.model_dump_json(indent=2))
-                handle.flush()
-                os.fsync(handle.fileno())
-            # link, unlike os.replace, fails when the cell exists: no writer can clobber another.
-            os.link(temporary, path)
-        except FileExistsError:
-            _refuse_different_content(path, record)
-        finally:
-            os.unlink(temporary)
+        with _disk_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+            try:
+                with os.fdopen(descriptor, "w") as handle:
+                    os.fchmod(handle.fileno(), _shared_mode())
+                    handle.write(record.model_dump_json(indent=2))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                # link, unlike os.replace, fails when the cell exists: no writer can clobber another.
+                os.link(temporary, path)
+            except FileExistsError:
+                _refuse_different_content(path, record)
+            finally:
+                os.unlink(temporary)
         return path
+
+    def check_writable(self, run_id: str) -> None:
+        """Refuse a run whose folder could not be written, leaving no trace: a file is created and
+        removed in the deepest folder of ``<root>/<run_id>/cells`` that exists."""
+        folder = self._cell_path(run_id, "0").parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            if not folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", str(folder))
+            descriptor, probe = tempfile.mkstemp(dir=folder, prefix=".", suffix=".probe")
+            os.close(descriptor)
+            os.unlink(probe)
+        except OSError as error:
+            raise DepthbenchError(
+                f"cannot write results to {self.root / run_id} ({folder}: "
+                f"{error.strerror or error}); give --results a folder you can write to"
+            ) from error
+
+    def open_run(self, run_id: str) -> None:
+        """Create the run's cells folder, so that it consolidates even before its first cell."""
+        cells = self._cell_path(run_id, "0").parent
+        with _disk_errors(cells):
+            cells.mkdir(parents=True, exist_ok=True)
+
+    def claim(self, run_id: str, cell_hash: str) -> Claim | None:
+        """Claim the cell for this process: None if claimed, else the live claim of another.
+
+        A stale claim (its process gone from this host) is taken over. A lock file serialises
+        claiming, so two runs that find one stale claim do not both take it.
+        """
+        path = self._claim_path(run_id, cell_hash)
+        with _disk_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _exclusive_lock(path.parent / ".lock"):
+                holder = _read_claim(path)
+                if holder is not None and not holder.is_stale():
+                    return holder
+                mine = Claim(os.getpid(), socket.gethostname())
+                _replace_atomically(
+                    path, lambda temporary: temporary.write_text(json.dumps(vars(mine)))
+                )
+        return None
+
+    def release(self, run_id: str, cell_hash: str) -> None:
+        """Drop this process's claim on the cell (a no-op when there is none)."""
+        path = self._claim_path(run_id, cell_hash)
+        with _exclusive_lock(path.parent / ".lock"):
+            holder = _read_claim(path)
+            if holder == Claim(os.getpid(), socket.gethostname()):
+                path.unlink(missing_ok=True)
 
     def has(self, run_id: str, cell_hash: str) -> bool:
         """Whether the cell is stored (finished, infeasible or failed)."""
@@ -186,19 +281,23 @@ class ResultsStore:
     def consolidate(self, run_id: str, run_config: Mapping[str, Any] | None = None) -> Path:
         """Write ``records.parquet`` and ``manifest.json`` for ``run_id``; returns the Parquet path.
 
-        ``run_config`` goes into the manifest; without it the manifest keeps the configuration it
-        already holds. A file lock keeps the Parquet file and the manifest of concurrent
-        consolidations consistent with each other.
+        The manifest's ``run_configs`` lists every distinct configuration that has written to the
+        run, oldest first: ``run_config`` is added to those already there, never replacing them
+        (two experiments may share a run id). A file lock keeps the Parquet file and the manifest
+        of concurrent consolidations consistent with each other.
         """
         run_dir = self._cells_dir(run_id).parent
-        with _exclusive_lock(run_dir / ".consolidate.lock"):
+        with _disk_errors(run_dir), _exclusive_lock(run_dir / ".consolidate.lock"):
             frame = self.records(run_id)
             manifest_path = run_dir / "manifest.json"
-            if run_config is None and manifest_path.exists():
-                run_config = _read_json(manifest_path).get("run_config")
+            run_configs = (
+                _read_json(manifest_path).get("run_configs", []) if manifest_path.exists() else []
+            )
+            if run_config is not None and dict(run_config) not in run_configs:
+                run_configs.append(dict(run_config))
             manifest = {
                 "run_id": run_id,
-                "run_config": dict(run_config) if run_config is not None else None,
+                "run_configs": run_configs,
                 "cells": len(frame),
                 "cells_by_status": _counts(frame["status"]),
                 "cells_by_method": _counts(frame["method"]),
@@ -222,6 +321,9 @@ class ResultsStore:
     def _cell_path(self, run_id: str, cell_hash: str) -> Path:
         return self.root / run_id / "cells" / f"{cell_hash}.json"
 
+    def _claim_path(self, run_id: str, cell_hash: str) -> Path:
+        return self.root / run_id / "claims" / f"{cell_hash}.json"
+
 
 def read_consolidated(run_dir: Path) -> pd.DataFrame:
     """The records of a consolidated run directory (``<root>/<run_id>``), from Parquet alone."""
@@ -231,7 +333,22 @@ def read_consolidated(run_dir: Path) -> pd.DataFrame:
             f"{path} does not exist: {run_dir} is not a consolidated run directory "
             "(expected results/<run-id> of a finished or resumed run)"
         )
-    return pd.read_parquet(path)
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError, pyarrow.ArrowException) as error:
+        raise DepthbenchError(
+            f"{path} is not a readable Parquet file ({error}); it is damaged or truncated. "
+            f"Move it away: `depthbench report` rebuilds it from {Path(run_dir) / 'cells'} "
+            "where that folder exists"
+        ) from error
+    missing = [column for column in _COLUMN_DTYPES if column not in frame.columns]
+    if missing:
+        raise DepthbenchError(
+            f"{path} is not a depthbench records table: it lacks the columns "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; give the folder of a "
+            "depthbench run (results/<run-id>)"
+        )
+    return frame
 
 
 def records_frame(records: list[CellRecord]) -> pd.DataFrame:
@@ -287,12 +404,16 @@ def _read_cell(path: Path) -> CellRecord:
     return record
 
 
+class StoredDifferently(DepthbenchError):
+    """A cell is already stored with another result; the stored one was kept."""
+
+
 def _refuse_different_content(path: Path, record: CellRecord) -> None:
     stored = _read_cell(path)
     if stored.model_dump(exclude={"created_at"}) != record.model_dump(exclude={"created_at"}):
-        raise DepthbenchError(
+        raise StoredDifferently(
             f"{path} already holds a different result for cell {record.cell_hash}; it was kept. "
-            "Use a new run id, or move that file away to run the cell again"
+            "Move that file away to run the cell again"
         )
 
 
@@ -310,12 +431,39 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write`` on a temporary sibling of ``path``, then move it into place in one step."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    os.fchmod(descriptor, _shared_mode())  # mkstemp's 0600 would hide results from colleagues
     os.close(descriptor)
     try:
         write(Path(temporary))
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
+        raise
+
+
+def _shared_mode() -> int:
+    """0666 less this process's umask: what ``open`` would give a new file (0644 usually)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def _disk_errors(where: Path) -> Iterator[None]:
+    """A full disk or a folder that cannot be written, as a message naming ``where``."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DepthbenchError(
+                f"no space left on the device writing {error.filename or where}; the cells stored so "
+                "far are kept: free some space and run the same command again to resume"
+            ) from error
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
+            raise DepthbenchError(
+                f"cannot write {error.filename or where}: {error.strerror}; give --results a "
+                "folder you can write to"
+            ) from error
         raise
 
 

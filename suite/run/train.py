@@ -204,9 +204,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        # torch's own message advises weights_only=False, i.e. running the file's code: not shown
         raise DepthbenchError(
-            f"checkpoint {path} holds more than tensors, so it is refused (safe loading failed: "
-            f"{str(error).splitlines()[0]}); save model.state_dict() instead of the model"
+            f"checkpoint {path} is not a plain state dict (it holds pickled objects besides "
+            "tensors, which are not loaded, as loading them could run code); make one with "
+            "torch.save(model.state_dict(), path)"
         ) from error
     except (RuntimeError, EOFError) as error:
         raise DepthbenchError(f"checkpoint {path} is not a readable torch file: {error}") from error
