@@ -11,20 +11,19 @@ cells that exist, and several processes can write one run at once without losing
 anything.
 """
 
-import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import pandas as pd
+from filelock import FileLock
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -178,11 +177,12 @@ class ResultsStore:
         """Write ``records.parquet`` and ``manifest.json`` for ``run_id``; returns the Parquet path.
 
         ``run_config`` goes into the manifest; without it the manifest keeps the configuration it
-        already holds. A file lock keeps the Parquet file and the manifest of concurrent
-        consolidations consistent with each other.
+        already holds. A file lock (the filelock library: ``flock`` on POSIX, ``msvcrt`` locking on
+        Windows) keeps the Parquet file and the manifest of concurrent consolidations consistent
+        with each other.
         """
         run_dir = self._cells_dir(run_id).parent
-        with _exclusive_lock(run_dir / ".consolidate.lock"):
+        with FileLock(run_dir / ".consolidate.lock"):
             frame = self.records(run_id)
             manifest_path = run_dir / "manifest.json"
             if run_config is None and manifest_path.exists():
@@ -308,16 +308,6 @@ def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
-
-
-@contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _git(checkout: Path, *arguments: str) -> str:
