@@ -19,7 +19,7 @@ network, so the data must be at the resolution the profile measures.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -47,13 +47,13 @@ BASE_RECIPE = FinetuneRecipe(epochs=12, lr=0.1, batch_size=64, weight_decay=1e-4
 PLAN_RECIPE = FinetuneRecipe(epochs=1)  # the shared recipe, for methods that train while planning
 
 
-class BudgetKind(str, Enum):
+class BudgetKind(StrEnum):
     fraction = "fraction"
     ms = "ms"
     table = "table"
 
 
-class Fidelity(str, Enum):
+class Fidelity(StrEnum):
     smoke = "smoke"
     full = "full"
 

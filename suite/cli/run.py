@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +17,7 @@ from suite.run.executors import Executor, InProcessExecutor, RayExecutor
 from suite.run.grid import measurement_resources, run_experiment
 
 
-class ExecutorName(str, Enum):
+class ExecutorName(StrEnum):
     inprocess = "inprocess"
     ray = "ray"
 
