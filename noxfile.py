@@ -1,10 +1,14 @@
-"""Nox sessions: ``tests`` (fast), ``slow`` (end to end), ``demo`` (the default run and its
-report), ``lint`` (ruff) and ``asv`` (benchmarks in the current environment, results kept).
+"""Nox sessions: ``tests`` (what CI runs: lint, then the fast tests, then the slow lane), ``fast``
+and ``slow`` (the two test lanes alone), ``lint`` (ruff), ``demo`` (the default run and its report)
+and ``asv`` (benchmarks in the current environment, results kept).
 
-tests, slow, demo and asv share one virtualenv, ``.nox/shared``: installing torch takes a minute,
-so it is paid once, not per session (nox itself makes one virtualenv per session). Each of them
-brings the project up to date there with ``pip install -e .[dev,ray]``, which takes seconds once
-everything is installed. lint has its own small environment with ruff only.
+Every session shares one virtualenv, ``.nox/shared``: installing torch takes a minute, so it is
+paid once, not per session (nox itself makes one virtualenv per session). Each of them brings the
+project up to date there with ``pip install -e .[dev,ray]``, which takes seconds once everything is
+installed; ruff comes with the dev extra.
+
+A command that exits non-zero fails its session; that includes pytest's exit code 5, "no tests
+collected", so a lane that selects nothing cannot pass unnoticed.
 """
 
 import sys
@@ -12,7 +16,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["tests"]
 nox.options.reuse_venv = "yes"
 
 SHARED_VENV = Path(".nox") / "shared"
@@ -29,16 +33,38 @@ def shared_python(session: nox.Session) -> str:
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """The fast tests: everything not marked slow."""
+    """What CI runs: ruff, the fast tests, then the slow lane (about 11 minutes on 2 cores)."""
     python = shared_python(session)
-    session.run(python, "-m", "pytest", "-m", "not slow", *session.posargs, external=True)
+    run_lint(session, python)
+    run_pytest(session, python, "not slow")
+    run_pytest(session, python, "slow")
+
+
+@nox.session(venv_backend="none")
+def fast(session: nox.Session) -> None:
+    """The fast tests: everything not marked slow."""
+    run_pytest(session, shared_python(session), "not slow", *session.posargs)
 
 
 @nox.session(venv_backend="none")
 def slow(session: nox.Session) -> None:
-    """The slow end-to-end tests (resume after SIGKILL, a run on Ray)."""
-    python = shared_python(session)
-    session.run(python, "-m", "pytest", "-m", "slow", *session.posargs, external=True)
+    """The slow end-to-end tests (resume after SIGKILL, a run on Ray, the installed wheel)."""
+    run_pytest(session, shared_python(session), "slow", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def lint(session: nox.Session) -> None:
+    """ruff: lint rules and formatting (pyproject.toml's settings)."""
+    run_lint(session, shared_python(session))
+
+
+def run_lint(session: nox.Session, python: str) -> None:
+    session.run(python, "-m", "ruff", "check", ".", external=True)
+    session.run(python, "-m", "ruff", "format", "--check", ".", external=True)
+
+
+def run_pytest(session: nox.Session, python: str, marker: str, *arguments: str) -> None:
+    session.run(python, "-m", "pytest", "-m", marker, *arguments, external=True)
 
 
 @nox.session(venv_backend="none")
@@ -61,14 +87,6 @@ def default_run_id(session: nox.Session, python: str) -> str:
         external=True,
         silent=True,
     )
-
-
-@nox.session
-def lint(session: nox.Session) -> None:
-    """ruff: lint rules and formatting (pyproject.toml's settings)."""
-    session.install("ruff")
-    session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", ".")
 
 
 @nox.session(venv_backend="none")

@@ -8,7 +8,7 @@ import yaml
 from suite.core.budget import Budget
 from suite.core.registry import list_methods
 from suite.errors import DepthbenchError
-from suite.run.config import DEFAULT_CONFIG, PROJECT_DIR, load_experiment
+from suite.run.config import CONFIG_DIR, DEFAULT_CONFIG, load_experiment
 
 PROFILES = Path(__file__).parent / "data" / "profiles"
 
@@ -54,7 +54,7 @@ def test_default_config_is_the_documented_benchmark():
 
 @pytest.mark.parametrize("name", ["cifar10.yaml", "imagenet.yaml"])
 def test_example_configs_validate(name):
-    experiment = load_experiment(PROJECT_DIR / "configs" / name)
+    experiment = load_experiment(CONFIG_DIR / name)
 
     assert experiment.name == Path(name).stem
     assert experiment.dataset.root is not None and experiment.dataset.root.is_absolute()

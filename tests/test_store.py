@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from filelock import FileLock
 from pydantic import ValidationError
 
 from suite.core.budget import Budget
@@ -192,3 +193,36 @@ def test_two_processes_writing_one_run_lose_nothing(tmp_path):
         "a",
         "b",
     ]  # merged, not replaced
+
+
+CONSOLIDATOR = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from suite.run.store import ResultsStore
+
+    store = ResultsStore(Path(sys.argv[1]))
+    print("ready", flush=True)
+    store.consolidate("run-1")
+    """
+)
+
+
+def test_a_consolidation_waits_while_another_process_holds_the_run_lock(tmp_path):
+    ResultsStore(tmp_path).write(make_record())
+    run_dir = tmp_path / "run-1"
+    environment = os.environ | {"PYTHONPATH": str(PROJECT_ROOT)}
+    with FileLock(run_dir / ".consolidate.lock"):  # what a concurrent consolidation holds
+        consolidator = subprocess.Popen(
+            [sys.executable, "-c", CONSOLIDATOR, str(tmp_path)],
+            env=environment,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert consolidator.stdout.readline() == "ready\n"
+        # Blocked on the lock, it never finishes here; without the lock it would within seconds.
+        with pytest.raises(subprocess.TimeoutExpired):
+            consolidator.wait(timeout=5)
+        assert not (run_dir / "records.parquet").exists()
+    assert consolidator.wait(timeout=120) == 0
+    assert len(read_consolidated(run_dir)) == 1

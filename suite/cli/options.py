@@ -9,7 +9,7 @@ input is one message naming the option and exit code 1, like every other user er
 from __future__ import annotations
 
 import math
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,13 +18,13 @@ import typer
 from suite.errors import DepthbenchError
 
 
-class BudgetKind(str, Enum):
+class BudgetKind(StrEnum):
     fraction = "fraction"
     ms = "ms"
     table = "table"
 
 
-class Fidelity(str, Enum):
+class Fidelity(StrEnum):
     smoke = "smoke"
     full = "full"
 

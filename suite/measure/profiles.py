@@ -6,10 +6,12 @@ recipe, the batch size and input resolution, the measurement protocol and the st
 Its content hash is stored with every latency number, so numbers measured under different settings
 never share a table or a cache row.
 
-Where profiles are found: the ``hardware_profiles/`` directory at the project root (the parent of
-the ``suite`` package; the project is installed editable), plus every directory listed in the
-environment variable ``DEPTHBENCH_PROFILE_PATH`` (separated like ``PATH``). A profile is the file
-``<name>.yaml``; dropping a new file into one of these directories is all it takes to add one.
+Where profiles are found, in this order: every directory listed in the environment variable
+``DEPTHBENCH_PROFILE_PATH`` (separated like ``PATH``), then the shipped profiles, the data package
+``suite.hardware_profiles`` (the repository's ``hardware_profiles/`` folder, installed inside the
+package by pyproject.toml, so a checkout and an installed wheel find them alike). A profile is the
+file ``<name>.yaml``; dropping a new file into one of these directories is all it takes to add one.
+The same name in two places is an error.
 
 Resolution: ``resolution: null`` means "the model's own input size" (the ``--resolution`` given
 to the CLI, or the traced chain's), so one CPU profile serves 32x32 digits and 224x224 ImageNet
@@ -30,6 +32,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -43,7 +46,8 @@ REPLAY = "replay"
 # them or ``replay``.
 BACKENDS = ("onnxruntime", "tensorrt", "torch", "trtexec")
 PROFILE_PATH_ENV = "DEPTHBENCH_PROFILE_PATH"
-PROJECT_PROFILE_DIR = Path(__file__).resolve().parents[2] / "hardware_profiles"
+# A regular package on disk (wheels install unpacked), so importlib.resources gives its directory.
+PROJECT_PROFILE_DIR = Path(str(resources.files("suite.hardware_profiles")))
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference"
 
 
@@ -290,7 +294,7 @@ def _read(path: str) -> str | None:
 
 
 def profile_dirs() -> list[Path]:
-    """The search path: ``$DEPTHBENCH_PROFILE_PATH`` entries first, then the project's directory."""
+    """The search path: ``$DEPTHBENCH_PROFILE_PATH`` entries first, then the shipped profiles."""
     extra = [Path(p) for p in os.environ.get(PROFILE_PATH_ENV, "").split(os.pathsep) if p]
     return [*extra, PROJECT_PROFILE_DIR]
 

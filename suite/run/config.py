@@ -27,6 +27,7 @@ Every error names the file, the field and what is allowed there.
 from __future__ import annotations
 
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,8 +50,10 @@ from suite.run.data import KNOWN_DATASETS
 from suite.run.train import FinetuneRecipe
 from suite.yaml_input import describe, load_yaml_model
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = PROJECT_DIR / "configs" / "default.yaml"
+# The shipped experiment files: the repository's configs/ folder, installed as the data package
+# suite.configs (pyproject.toml maps it); a regular package on disk, so this is its directory.
+CONFIG_DIR = Path(str(resources.files("suite.configs")))
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 ALL_METHODS = "all"
 
 

@@ -21,7 +21,6 @@ stay), and a ``records.parquet`` that is damaged or not a depthbench table is na
 """
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -38,6 +37,7 @@ from typing import Any, Literal, get_args
 
 import pandas as pd
 import pyarrow
+from filelock import FileLock
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -238,7 +238,7 @@ class ResultsStore:
         path = self._claim_path(run_id, cell_hash)
         with _disk_errors(path):
             path.parent.mkdir(parents=True, exist_ok=True)
-            with _exclusive_lock(path.parent / ".lock"):
+            with FileLock(path.parent / ".lock"):
                 holder = _read_claim(path)
                 if holder is not None and not holder.is_stale():
                     return holder
@@ -251,7 +251,7 @@ class ResultsStore:
     def release(self, run_id: str, cell_hash: str) -> None:
         """Drop this process's claim on the cell (a no-op when there is none)."""
         path = self._claim_path(run_id, cell_hash)
-        with _exclusive_lock(path.parent / ".lock"):
+        with FileLock(path.parent / ".lock"):
             holder = _read_claim(path)
             if holder == Claim(os.getpid(), socket.gethostname()):
                 path.unlink(missing_ok=True)
@@ -283,11 +283,12 @@ class ResultsStore:
 
         The manifest's ``run_configs`` lists every distinct configuration that has written to the
         run, oldest first: ``run_config`` is added to those already there, never replacing them
-        (two experiments may share a run id). A file lock keeps the Parquet file and the manifest
-        of concurrent consolidations consistent with each other.
+        (two experiments may share a run id). A file lock (the filelock library: ``flock`` on
+        POSIX, ``msvcrt`` locking on Windows) keeps the Parquet file and the manifest of concurrent
+        consolidations consistent with each other.
         """
         run_dir = self._cells_dir(run_id).parent
-        with _disk_errors(run_dir), _exclusive_lock(run_dir / ".consolidate.lock"):
+        with _disk_errors(run_dir), FileLock(run_dir / ".consolidate.lock"):
             frame = self.records(run_id)
             manifest_path = run_dir / "manifest.json"
             run_configs = (
@@ -465,16 +466,6 @@ def _disk_errors(where: Path) -> Iterator[None]:
                 "folder you can write to"
             ) from error
         raise
-
-
-@contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _git(checkout: Path, *arguments: str) -> str:
