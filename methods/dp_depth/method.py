@@ -25,7 +25,8 @@ within the target.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -137,14 +138,20 @@ def importance_cache_dir(ctx: PlanContext) -> Path:
 
 
 def knapsack_precision(tables: Tables) -> float:
-    """Upstream's 20 units per ms, made finer for tables faster than upstream's MobileNetV2-1.0.
-
-    At 20 units per ms, a CPU table of 0.01 ms segments would round every segment to 0 units and
-    the budget would constrain nothing; so the single-unit segments together span at least
-    ``MIN_BUDGET_UNITS`` units, as upstream's do. Upstream tables keep prec 20.
-    """
+    """Upstream's 20 units per ms, made finer for tables faster than upstream's MobileNetV2-1.0
+    (``precision_for``)."""
     singles = sum(tables.latency[(p - 1, p)] for p in range(1, tables.chain.L + 1))
-    return max(UPSTREAM_PREC, MIN_BUDGET_UNITS / singles)
+    return precision_for(singles, UPSTREAM_PREC, MIN_BUDGET_UNITS)
+
+
+def precision_for(single_unit_ms: float, upstream_prec: float, min_units: int) -> float:
+    """Upstream's ``upstream_prec`` units per ms, or finer so that the single-unit segments
+    (``single_unit_ms`` in all) span at least ``min_units`` units, as upstream's table does.
+
+    At upstream's precision, a CPU table of 0.01 ms segments would round every segment to 0 units
+    and the budget would constrain nothing. Upstream tables keep upstream's precision.
+    """
+    return max(upstream_prec, min_units / single_unit_ms)
 
 
 def plan_at(tables: Tables, t0: float, prec: float) -> Plan:
@@ -183,22 +190,42 @@ def to_plan(solution: Solution, t0: float, prec: float, fidelity: Fidelity) -> P
 
 
 def search_t0(ctx: PlanContext, tables: Tables, prec: float, target_ms: float) -> Plan:
-    """The plan of the largest T0 whose deploy network measures at most ``target_ms``.
-
-    Bisection over integer knapsack units B, from the sum of the single-unit segments down to
-    the fastest fusion T_opt(0, L); unit B is solved at T0 = (B + ½) / prec, so that
-    ⌊prec·T0⌋ = B whatever the float rounding. Measured latency need not be monotone in T0;
-    bisection assumes it is, and the plan it returns was measured within the target.
-    """
+    """The plan of the largest T0 whose deploy network measures at most ``target_ms``, searched
+    between the fastest fusion T_opt(0, L) and the sum of the single-unit segments."""
     L = tables.chain.L
     fastest = optimal_merge_table(L, tables.segments, tables.latency).time[(0, L)]
-    low = math.floor(prec * fastest)
-    high = math.ceil(prec * sum(tables.latency[(p - 1, p)] for p in range(1, L + 1)))
+    singles = sum(tables.latency[(p - 1, p)] for p in range(1, L + 1))
+    return bisect_t0(
+        ctx,
+        lambda t0: plan_at(tables, t0, prec),
+        (math.floor(prec * fastest), math.ceil(prec * singles)),
+        prec,
+        target_ms,
+        what="dp-depth: even the fastest fusion",
+    )
+
+
+def bisect_t0(
+    ctx: PlanContext,
+    plan_at_t0: Callable[[float], Plan],
+    units: tuple[int, int],
+    prec: float,
+    target_ms: float,
+    what: str,
+) -> Plan:
+    """The plan of the largest T0 whose deploy network measures at most ``target_ms``.
+
+    Bisection over integer knapsack units B in ``units`` = (fastest plan, original network); unit
+    B is solved at T0 = (B + ½) / prec, so that ⌊prec·T0⌋ = B whatever the float rounding.
+    Measured latency need not be monotone in T0; bisection assumes it is, and the plan it returns
+    was measured within the target. ``what`` names the fastest plan when even it is too slow.
+    """
+    low, high = units
     steps = math.ceil(math.log2(high - low + 1)) + 2
     tried: dict[int, tuple[Plan, float]] = {}
 
     def fits(units: int) -> bool:
-        plan = plan_at(tables, (units + 0.5) / prec, prec)
+        plan = plan_at_t0((units + 0.5) / prec)
         tried[units] = (plan, ctx.measure_plan(plan).median_ms)
         ctx.report("T0 search", len(tried), steps)
         return tried[units][1] <= target_ms
@@ -207,9 +234,8 @@ def search_t0(ctx: PlanContext, tables: Tables, prec: float, target_ms: float) -
         best = high
     elif not fits(low):
         raise Infeasible(
-            f"dp-depth: even the fastest fusion (T0 = {(low + 0.5) / prec:g} table units) "
-            f"measures {tried[low][1]:.4g} ms under {ctx.profile.name}, above the budget "
-            f"{target_ms:.4g} ms"
+            f"{what} (T0 = {(low + 0.5) / prec:g} table units) measures {tried[low][1]:.4g} ms"
+            f" under {ctx.profile.name}, above the budget {target_ms:.4g} ms"
         )
     else:
         while high - low > 1:
@@ -219,4 +245,4 @@ def search_t0(ctx: PlanContext, tables: Tables, prec: float, target_ms: float) -
     plan, latency = tried[best]
     search = [[candidate.meta["T0"], ms] for _, (candidate, ms) in sorted(tried.items())]
     meta = {**plan.meta, "target_ms": target_ms, "measured_ms": latency, "T0_search": search}
-    return Plan(plan.activations, plan.boundaries, method=plan.method, meta=meta)
+    return replace(plan, meta=meta)
