@@ -57,7 +57,9 @@ def option_of(traced: TracedModel, key: Key) -> Option:
     i, j, kernel, depthwise = key
     chain = traced.chain
     option = next(
-        o for o in segment_options(chain, i, j) if (o.kernel, int(o.depthwise)) == (kernel, depthwise)
+        o
+        for o in segment_options(chain, i, j)
+        if (o.kernel, int(o.depthwise)) == (kernel, depthwise)
     )
     kept = kept_units(chain, option, l1_norms(traced))
     return Option(i, j, option.kernel, option.depthwise, option.counts, kept)

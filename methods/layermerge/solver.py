@@ -84,7 +84,9 @@ def ordered(entries: Sequence[Entry]) -> list[Entry]:
     return sorted(entries, key=lambda entry: (entry.end, entry.start))
 
 
-def knapsack(L: int, entries: list[Entry], budget_units: int, prec: float, official: bool) -> DPTable:
+def knapsack(
+    L: int, entries: list[Entry], budget_units: int, prec: float, official: bool
+) -> DPTable:
     """The recurrence above, vectorised over t; ``entries`` as ``ordered`` returns them."""
     axis = budget_units + 1
     value = {0: np.where(np.arange(axis) < budget_units, 0.0, -np.inf)}
