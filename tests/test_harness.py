@@ -10,6 +10,7 @@ import pytest
 import typer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats as scipy_stats
 from torch import nn
 from typer.testing import CliRunner
 
@@ -18,7 +19,13 @@ from suite.core.chain import ConvSpec
 from suite.core.export import export_onnx, write_conv_onnx
 from suite.errors import DepthbenchError
 from suite.measure.backends import run_protocol
-from suite.measure.harness import UnstableMeasurementWarning, measure, stability_gate, summarize
+from suite.measure.harness import (
+    UnstableMeasurementWarning,
+    measure,
+    session_interval,
+    stability_gate,
+    summarize,
+)
 from suite.measure.profiles import load_profile, read_profile
 from suite.run.store import CellRecord
 
@@ -49,7 +56,7 @@ def linear_percentile(values: list[float], q: float) -> float:
 @given(st.lists(st.floats(0.01, 1000.0), min_size=2, max_size=60))
 @settings(max_examples=60, deadline=None)
 def test_statistics_match_brute_force(values):
-    stats = summarize(np.array(values))
+    stats = summarize([np.array(values)])
 
     assert stats.n == len(values)
     assert stats.median_ms == pytest.approx(statistics.median(values))
@@ -69,9 +76,9 @@ def test_bootstrap_ci_is_seeded_and_covers_the_median():
     samples = np.random.default_rng(1).lognormal(1.0, 0.2, size=400)
 
     first, again, other_seed = (
-        summarize(samples, seed=3),
-        summarize(samples, seed=3),
-        summarize(samples, seed=4),
+        summarize([samples], seed=3),
+        summarize([samples], seed=3),
+        summarize([samples], seed=4),
     )
 
     assert (first.ci_low_ms, first.ci_high_ms) == (again.ci_low_ms, again.ci_high_ms)
@@ -81,9 +88,42 @@ def test_bootstrap_ci_is_seeded_and_covers_the_median():
     assert first.ci_low_ms < np.e < first.ci_high_ms
 
 
+def test_the_interval_comes_from_the_spread_between_sessions():
+    """Three sessions whose medians differ by 10% but whose iterations agree to 0.01%: the
+    interval covers every session's median (a bootstrap of the pooled iterations would give
+    about [1.099, 1.101] around the pooled median)."""
+    rng = np.random.default_rng(0)
+    sessions = [centre + rng.normal(0, 1e-4, 200) for centre in (1.0, 1.1, 1.2)]
+
+    stats = summarize(sessions)
+
+    assert stats.median_ms == pytest.approx(np.median(np.concatenate(sessions)))
+    assert stats.ci_low_ms < 1.0 and stats.ci_high_ms > 1.2
+    assert stats.repeats == 3 and stats.n == 600
+
+
+def test_session_interval_is_the_t_interval_of_the_log_medians():
+    medians = np.array([0.095, 0.097, 0.139])
+    logs = np.log(medians)
+    expected = np.exp(scipy_stats.t.interval(0.95, 2, loc=logs.mean(), scale=scipy_stats.sem(logs)))
+
+    assert session_interval(medians) == pytest.approx(tuple(expected))
+    with pytest.raises(DepthbenchError, match="at least 2 positive session medians"):
+        session_interval([0.1])
+
+
+def test_sessions_that_agree_give_a_narrow_interval():
+    rng = np.random.default_rng(1)
+    sessions = [rng.normal(2.0, 0.05, 300) for _ in range(3)]
+
+    stats = summarize(sessions)
+
+    assert 1.9 < stats.ci_low_ms < stats.median_ms < stats.ci_high_ms < 2.1
+
+
 def test_too_few_samples_is_an_error():
     with pytest.raises(DepthbenchError, match="at least 2 finite latency samples"):
-        summarize(np.array([1.0]))
+        summarize([np.array([1.0])])
 
 
 def test_stop_rule_needs_both_iterations_and_seconds(profile):
@@ -110,6 +150,7 @@ def test_measure_an_onnx_file(profile, conv_onnx):
     )
     assert np.all(result.samples > 0)
     assert result.median_ms == pytest.approx(np.median(result.samples))
+    assert result.repeats == profile.protocol.repeats
     assert result.stable and result.attempts == 1
     assert result.profile_hash == profile.hash == result.environment["profile_hash"]
     env = result.environment
@@ -122,6 +163,7 @@ def test_record_fields_fit_the_results_store(profile, conv_onnx):
 
     assert set(fields) <= set(CellRecord.model_fields)
     assert fields["latency_samples"] == 10 and fields["stable"] is True
+    assert fields["latency_repeats"] == profile.protocol.repeats
     assert (
         fields["latency_ms_ci_low"] <= fields["latency_ms_median"] <= fields["latency_ms_ci_high"]
     )
@@ -219,10 +261,10 @@ def test_rare_outliers_do_not_fail_the_gate_but_a_spread_does():
         update={"max_cov": 0.05, "max_remeasure": 1}
     )
 
-    samples, stats, stable, attempts = stability_gate(lambda: steady, protocol, "test")
+    samples, stats, stable, attempts = stability_gate(lambda: [steady], protocol, "test")
     assert stats.cov > 1.0 and stats.robust_cov < 0.05
     assert stable and attempts == 1
 
     with pytest.warns(UnstableMeasurementWarning, match="robust CoV"):
-        _, stats, stable, attempts = stability_gate(lambda: spread, protocol, "test")
+        _, stats, stable, attempts = stability_gate(lambda: [spread], protocol, "test")
     assert stats.robust_cov > 0.2 and not stable and attempts == 2

@@ -2,7 +2,9 @@
 SIGKILL of a real process, and a real local Ray cluster."""
 
 import importlib.util
+import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from suite.cli import run as cli_run
+from suite.console import configure_logging, logger
 from suite.core.budget import Budget
 from suite.core.models import build_model
 from suite.errors import DepthbenchError
@@ -319,3 +322,49 @@ def test_cli_refuses_an_address_without_the_ray_executor(cli, tmp_path):
     assert "--address is the address of a Ray cluster: add --executor ray" in " ".join(
         result.output.split()
     )
+
+
+@pytest.fixture
+def log_lines():
+    """The depthbench logger writing to a stream that is no terminal, as under CI or nohup."""
+    stream = io.StringIO()
+    saved = logger.handlers[:], logger.level, logger.propagate
+    configure_logging("normal", stream)
+    yield stream
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def test_without_a_terminal_a_run_logs_one_plain_line_per_step(tmp_path, log_lines, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the base network is trained
+    two_cells = experiment(tmp_path, budgets=[{"kind": "table", "value": 1.0}])  # one fails
+
+    summary = run_experiment(two_cells, tmp_path / "results", InProcessExecutor())
+
+    lines = log_lines.getvalue().splitlines()
+    assert "\x1b" not in log_lines.getvalue()  # plain text, no terminal codes
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING) ", line) for line in lines)
+    messages = [line.split(" ", 3)[3] for line in lines]
+    assert messages[0] == f"run {summary.run_id}: 2 cells, 0 already stored, 2 to run"
+    training = [m for m in messages if m.startswith("train the base network: ")]
+    assert training[0] == "train the base network: 1/2 (50%)"  # two steps: a line each tenth
+    assert training[-1] == "train the base network: 2/2 (100%)"
+    started = [m for m in messages if " started: " in m]
+    assert started == [
+        "cell 1/2 started: original · test-cpu-fast · seed 0",
+        "cell 2/2 started: depthshrinker @ table 1 · test-cpu-fast · seed 0",
+    ]
+    finished = [m for m in messages if " finished: " in m]
+    assert re.fullmatch(
+        r"cell 1/2 finished: original · test-cpu-fast · seed 0: ok in \d+ s; cells left: 1, "
+        r"ETA \d+ s",
+        finished[0],
+    ), finished
+    assert re.fullmatch(
+        r"cell 2/2 finished: depthshrinker @ table 1 · test-cpu-fast · seed 0: failed in \d+ s; "
+        r"cells left: 0, ETA 0 s",
+        finished[1],
+    ), finished
+    assert any(m.startswith("failed depthshrinker (") for m in messages)
+    # the original cell's steps, each from its start to its end
+    assert "original · test-cpu-fast · seed 0: fine-tune: 1/1 (100%)" in messages
+    assert messages.index(started[0]) < messages.index(finished[0]) < messages.index(started[1])

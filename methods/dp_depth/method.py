@@ -1,9 +1,9 @@
 """dp-depth: Kim et al., "Efficient Latency-Aware CNN Depth Compression via Two-Stage Dynamic
-Programming", ICML 2023 (arXiv 2301.12187); specification: docs/method-dp-depth-notes.md.
+Programming", ICML 2023 (arXiv 2301.12187); specified from the official code (ECDC).
 
 The algorithm box, as ``plan_dp_depth`` runs it:
 
-    input:  base network (a chain of L conv+BN units), latency budget, prec, α
+    input:  base network (a chain of L conv+BN units), latency budget, prec, α, solver
     1. tables    T(i, j)            latency of every valid segment fused into one conv
                                     (ctx.latency_table: measured under the profile, or replayed)
                  h(i, j, a_i, a_j)  importance of every entry (importance.py), normalised:
@@ -12,8 +12,11 @@ The algorithm box, as ``plan_dp_depth`` runs it:
     3. stage 2   I_ext, knapsack    Algorithm 3, then the best activation states under ⌊prec·T0⌋
     4. plan      A = kept activations, S = merge boundaries (the breaks of the chosen spans)
 
-Steps 2 and 3 are ``solver.solve``, with prec = 20 as upstream unless the table is so fast that
-20 units per ms could not tell its segments apart (``knapsack_precision``). The budget T0 is in
+Steps 2 and 3 are ``solver.solve``, with upstream's recurrences (``solver="upstream"``) unless the
+config asks for the self-consistent ``"exact"`` variant. prec defaults per family as upstream:
+10 units per ms for a plain chain (VGG), 20 otherwise (MobileNetV2, and ResNet, which upstream does
+not solve), made finer when the table is so fast that those units could not tell its segments
+apart (``knapsack_precision``). The budget T0 is in
 table units (summed segment latencies): a ``table`` budget is T0 itself, as upstream. A measured
 budget (``ms`` or ``fraction`` of the base network's latency) is met by the deploy network's
 measured end-to-end latency, because sums of segment latencies are not end-to-end latency: T0 is
@@ -39,7 +42,14 @@ from methods.dp_depth.importance import (
     importance_table,
     normalise,
 )
-from methods.dp_depth.solver import Entry, Segment, Solution, optimal_merge_table, solve
+from methods.dp_depth.solver import (
+    Entry,
+    Segment,
+    Solution,
+    Solver,
+    optimal_merge_table,
+    solve,
+)
 from suite.core.budget import Budget, Fidelity
 from suite.core.chain import Chain, MergeRule
 from suite.core.method import Infeasible, MethodResult, PlanContext
@@ -49,17 +59,34 @@ from suite.errors import DepthbenchError
 from suite.run.train import FinetuneRecipe
 
 PAPER = "Kim et al., ICML 2023: Efficient Latency-Aware CNN Depth Compression via Two-Stage DP"
-UPSTREAM_PREC = 20  # knapsack units per ms for MobileNetV2 (VGG: 10)
+UPSTREAM_PREC = 20  # knapsack units per ms for MobileNetV2 (upstream's --prec 20)
+UPSTREAM_PREC_PLAIN = 10  # for a plain chain: upstream solves VGG19 at --prec 10
 MIN_BUDGET_UNITS = 673  # upstream MobileNetV2-1.0: 33.67 ms of single-unit segments at prec 20
 
 
 class DpDepthConfig(BaseModel):
-    """The method's knobs; defaults are upstream's MobileNetV2-1.0 settings (notes §1, §2)."""
+    """The method's knobs; defaults are upstream's settings (MobileNetV2-1.0 where they differ).
+
+    ``prec`` (knapsack time units per table ms) defaults per family, as upstream: 10 for a plain
+    chain without residual connections (VGG19), 20 otherwise (MobileNetV2; ResNet, which upstream
+    does not solve, keeps 20); finer when the table is faster than upstream's MobileNetV2-1.0
+    (see ``knapsack_precision``). A number overrides the rule.
+    ``solver`` is ``upstream`` (upstream's recurrences exactly: valid-prefix stage 1, a knapsack
+    that rejects plans of 0 discretised units, an exact final tie going to a=0) or ``exact`` (the
+    self-consistent variant: shortest-path stage 1, plans of 0 units allowed, final ties by
+    rounded value then less time); see ``methods.dp_depth.solver``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prec: float | None = Field(
-        None, gt=0, description="knapsack time units per table ms; None: see knapsack_precision"
+        None,
+        gt=0,
+        description="knapsack time units per table ms; None: per family (10 VGG, 20 otherwise)",
+    )
+    solver: Solver = Field(
+        "upstream",
+        description="upstream: upstream's recurrences exactly; exact: the self-consistent variant",
     )
     alpha: float = Field(1.6, ge=0, description="normalisation α (1.2 MBV2-1.4, 1.4 VGG19)")
     rule: MergeRule = Field("upstream", description="segment rule: upstream adds the stride rule")
@@ -107,9 +134,9 @@ def plan_dp_depth(ctx: PlanContext, budget: Budget, config: DpDepthConfig) -> Me
     # 2-4. stage 1, stage 2 and the plan, at T0 = the budget or searched to meet it
     prec = config.prec or knapsack_precision(tables)
     if budget.kind == "table":
-        plan = plan_at(tables, budget.value, prec)
+        plan = plan_at(tables, budget.value, prec, config.solver)
     else:
-        plan = search_t0(ctx, tables, prec, ctx.target_ms(budget))
+        plan = search_t0(ctx, tables, prec, ctx.target_ms(budget), config.solver)
     meta = {"importance_computed": importance.computed, "importance_cached": importance.cached}
     return MethodResult(plan, meta=meta)
 
@@ -138,23 +165,29 @@ def importance_cache_dir(ctx: PlanContext) -> Path:
 
 
 def knapsack_precision(tables: Tables) -> float:
-    """Upstream's 20 units per ms, made finer for tables faster than upstream's MobileNetV2-1.0
-    (``precision_for``)."""
-    singles = sum(tables.latency[(p - 1, p)] for p in range(1, tables.chain.L + 1))
-    return precision_for(singles, UPSTREAM_PREC, MIN_BUDGET_UNITS)
+    """Upstream's units per ms for the family, made finer for tables faster than upstream's.
+
+    Upstream solves VGG19 at prec 10 and MobileNetV2 at 20. A plain chain (no residual
+    connections, no linear bottlenecks) is VGG's family and gets 10; every other chain gets 20
+    (``precision_for``). Upstream's own tables keep upstream's precision.
+    """
+    chain = tables.chain
+    plain = not chain.residuals and not chain.block_ends
+    family_prec = UPSTREAM_PREC_PLAIN if plain else UPSTREAM_PREC
+    singles = sum(tables.latency[(p - 1, p)] for p in range(1, chain.L + 1))
+    return precision_for(singles, family_prec, MIN_BUDGET_UNITS)
 
 
 def precision_for(single_unit_ms: float, upstream_prec: float, min_units: int) -> float:
     """Upstream's ``upstream_prec`` units per ms, or finer so that the single-unit segments
-    (``single_unit_ms`` in all) span at least ``min_units`` units, as upstream's table does.
-
-    At upstream's precision, a CPU table of 0.01 ms segments would round every segment to 0 units
-    and the budget would constrain nothing. Upstream tables keep upstream's precision.
+    (``single_unit_ms`` in all) span at least ``min_units`` units, as upstream's MobileNetV2-1.0
+    table does: at upstream's precision a CPU table of 0.01 ms segments would round every segment
+    to 0 units and the budget would constrain nothing.
     """
     return max(upstream_prec, min_units / single_unit_ms)
 
 
-def plan_at(tables: Tables, t0: float, prec: float) -> Plan:
+def plan_at(tables: Tables, t0: float, prec: float, solver: Solver = "upstream") -> Plan:
     """Steps 2-4 at budget T0 (table units); no plan within T0 is Infeasible, with the reason."""
     try:
         solution = solve(
@@ -165,6 +198,7 @@ def plan_at(tables: Tables, t0: float, prec: float) -> Plan:
             t0,
             prec,
             tables.chain.block_ends,
+            solver,  # validated by DpDepthConfig's pattern, and again by solve
         )
     except DepthbenchError as error:
         # the tables are complete by construction, so the solver's only complaint is the budget
@@ -189,15 +223,20 @@ def to_plan(solution: Solution, t0: float, prec: float, fidelity: Fidelity) -> P
     )
 
 
-def search_t0(ctx: PlanContext, tables: Tables, prec: float, target_ms: float) -> Plan:
+def search_t0(
+    ctx: PlanContext, tables: Tables, prec: float, target_ms: float, solver: Solver = "upstream"
+) -> Plan:
     """The plan of the largest T0 whose deploy network measures at most ``target_ms``, searched
     between the fastest fusion T_opt(0, L) and the sum of the single-unit segments."""
     L = tables.chain.L
-    fastest = optimal_merge_table(L, tables.segments, tables.latency).time[(0, L)]
+    # the fastest fusion of the whole chain is a shortest path, not a valid segment, so only the
+    # exact stage 1 fills it; a plan of its segments fits this bound under either solver (the
+    # upstream one also needs at least 1 unit, which only a table near 0 ms lacks)
+    fastest = optimal_merge_table(L, tables.segments, tables.latency, "exact").time[(0, L)]
     singles = sum(tables.latency[(p - 1, p)] for p in range(1, L + 1))
     return bisect_t0(
         ctx,
-        lambda t0: plan_at(tables, t0, prec),
+        lambda t0: plan_at(tables, t0, prec, solver),
         (math.floor(prec * fastest), math.ceil(prec * singles)),
         prec,
         target_ms,

@@ -6,18 +6,26 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from suite.cli import measure as cli_harness
 from suite.cli import methods as cli_methods
 from suite.cli import report as cli_report
 from suite.cli import run as cli_run
-from suite.console import console, user_errors
-from suite.core.chain import MERGE_RULES
-from suite.core.export import export_onnx
-from suite.core.plan import Plan
-from suite.core.realize import deploy_network, trainable_network
-from suite.core.trace import trace_model
+from suite.cli.options import (
+    DEFAULT_RESOLUTION,
+    ModelArgument,
+    NumClasses,
+    Resolution,
+    Width,
+    check_resolution,
+)
+from suite.console import configure_logging, console, user_errors
+from suite.errors import DepthbenchError
+
+# Commands import torch and the rest of the suite when they run, so that `--help` and the light
+# commands start at once.
 
 app = typer.Typer(
     name="depthbench",
@@ -26,22 +34,36 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Width = Annotated[float, typer.Option(help="MobileNetV2 width multiplier.")]
-Resolution = Annotated[int, typer.Option(help="Input resolution the shapes are computed for.")]
-Classes = Annotated[int, typer.Option("--num-classes", help="Classifier outputs.")]
+
+@app.callback()
+def main_options(
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Show only warnings and errors.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show debug detail too.")
+    ] = False,
+) -> None:
+    # Progress and warnings go to stderr: bars on a terminal, one line per step otherwise.
+    with user_errors():
+        if quiet and verbose:
+            raise DepthbenchError("give --quiet or --verbose, not both")
+    configure_logging("quiet" if quiet else "verbose" if verbose else "normal")
 
 
 @app.command()
 def inspect(
-    model: Annotated[
-        str, typer.Argument(help="mobilenet_v2, resnet18, resnet34, vgg11_bn, vgg16_bn, vgg19_bn")
-    ],
+    model: ModelArgument,
     width: Width = 1.0,
-    resolution: Resolution = 224,
-    num_classes: Classes = 1000,
+    resolution: Resolution = None,
+    num_classes: NumClasses = 1000,
 ) -> None:
     """Show a model's chain: positions, convs, activations, residuals and valid segments."""
+    from suite.core.chain import MERGE_RULES
+    from suite.core.trace import trace_model
+
     with user_errors():
+        resolution = check_resolution(resolution) or DEFAULT_RESOLUTION
         chain = trace_model(
             model, width=width, num_classes=num_classes, resolution=resolution
         ).chain
@@ -79,22 +101,32 @@ def inspect(
 
 @app.command()
 def merge(
-    model: Annotated[str, typer.Argument(help="Model name, as for `inspect`.")],
+    model: ModelArgument,
     plan: Annotated[Path, typer.Option(help="Plan JSON (activations, boundaries, ...).")],
     out: Annotated[Path, typer.Option(help="ONNX file to write.")],
     width: Width = 1.0,
-    resolution: Resolution = 224,
-    num_classes: Classes = 1000,
+    resolution: Resolution = None,
+    num_classes: NumClasses = 1000,
 ) -> None:
     """Build a plan's deploy network (BN folded, groups merged) and export it to ONNX, checked."""
+    from suite.core.export import export_onnx
+    from suite.core.plan import Plan
+    from suite.core.realize import deploy_network, trainable_network
+    from suite.core.trace import trace_model
+
     with user_errors():
+        resolution = check_resolution(resolution) or DEFAULT_RESOLUTION
+        if not out.parent.is_dir():
+            raise DepthbenchError(
+                f"--out {out}: the folder {out.parent} does not exist; create it or write elsewhere"
+            )
         the_plan = Plan.load(plan)
         traced = trace_model(model, width=width, num_classes=num_classes, resolution=resolution)
         deploy = deploy_network(trainable_network(traced, the_plan))
         export_onnx(deploy, (1, 3, resolution, resolution), out)
     groups = the_plan.groups(traced.chain)
     console.print(
-        f"wrote {out}: {len(groups)} merged convs, {len(the_plan.activations)} activations"
+        f"wrote {escape(str(out))}: {len(groups)} merged convs, {len(the_plan.activations)} activations"
     )
 
 

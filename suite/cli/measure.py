@@ -7,17 +7,17 @@ becomes its message on stderr and exit code 1.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
 from rich.markup import escape
 from rich.table import Table
 
-from suite.console import console, err_console, progress_bar, user_errors
+from suite.cli.options import DEFAULT_RESOLUTION, NumClasses, Resolution, Width, check_resolution
+from suite.cli.options import Profile as ProfileOption
+from suite.console import console, err_console, step_progress, user_errors
 from suite.errors import DepthbenchError
-from suite.measure.backends import get_backend
-from suite.measure.harness import LatencyResult, measure
 from suite.measure.profiles import (
     Profile,
     detect_machine,
@@ -27,18 +27,11 @@ from suite.measure.profiles import (
     profile_files,
     read_profile,
 )
-from suite.measure.tables import TableCache, additivity, build_table, default_cache_path
+
+if TYPE_CHECKING:
+    from suite.measure.harness import LatencyResult
 
 DEFAULT_PROFILE = "cpu-onnxruntime"
-DEFAULT_RESOLUTION = 224
-
-ProfileOption = Annotated[str, typer.Option("--profile", "-p", help="Profile name or YAML file.")]
-WidthOption = Annotated[float, typer.Option(help="MobileNetV2 width multiplier.")]
-ResolutionOption = Annotated[
-    int | None,
-    typer.Option(help=f"Input resolution (default: the profile's, else {DEFAULT_RESOLUTION})."),
-]
-ClassesOption = Annotated[int, typer.Option("--num-classes", help="Classifier outputs.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -130,6 +123,8 @@ def _device_rule(profile: Profile) -> str:
 
 
 def _verdict(profile: Profile, matches: bool) -> str:
+    from suite.measure.backends import get_backend
+
     if profile.is_replay:
         return "tables only (replayed data)"
     if not matches:
@@ -146,18 +141,19 @@ def measure_command(
         str, typer.Argument(help="A model name (mobilenet_v2, resnet18...) or an .onnx file.")
     ],
     profile_name: ProfileOption = DEFAULT_PROFILE,
-    width: WidthOption = 1.0,
-    resolution: ResolutionOption = None,
-    num_classes: ClassesOption = 1000,
+    width: Width = 1.0,
+    resolution: Resolution = None,
+    num_classes: NumClasses = 1000,
 ) -> None:
     """Measure one network's latency under a profile and print the statistics."""
+    from suite.core.models import build_model
+    from suite.measure.harness import measure
+
     with user_errors():
         profile = load_profile(profile_name)
         if model.endswith(".onnx"):
             result = measure(_existing(Path(model)), profile)
         else:
-            from suite.core.models import build_model
-
             size = _resolution(profile, resolution)
             network = build_model(model, num_classes=num_classes, width=width).eval()
             result = measure(network, profile, input_shape=(3, size, size))
@@ -168,29 +164,30 @@ def table_command(
     model: Annotated[str, typer.Argument(help="A model name: mobilenet_v2, resnet18, vgg19_bn...")],
     profile_name: ProfileOption = DEFAULT_PROFILE,
     rule: Annotated[str, typer.Option(help="Merge rule: upstream or general.")] = "upstream",
-    width: WidthOption = 1.0,
-    resolution: ResolutionOption = None,
-    num_classes: ClassesOption = 1000,
+    width: Width = 1.0,
+    resolution: Resolution = None,
+    num_classes: NumClasses = 1000,
     cache_path: Annotated[
         Path | None, typer.Option("--cache", help="SQLite cache (default: the user cache dir).")
     ] = None,
 ) -> None:
     """Build (or read from the cache, or replay) a latency table; print it with its additivity."""
-    with user_errors():
-        from suite.core.trace import trace_model
+    from suite.core.trace import trace_model
+    from suite.measure.harness import measure
+    from suite.measure.tables import TableCache, additivity, build_table, default_cache_path
 
+    with user_errors():
         profile = load_profile(profile_name)
         size = _resolution(profile, resolution)
         traced = trace_model(model, width=width, num_classes=num_classes, resolution=size)
         cache = None if profile.is_replay else TableCache(cache_path or default_cache_path())
-        with progress_bar() as bar:
-            task = bar.add_task("segments", total=None)
+        with step_progress() as steps:
             table = build_table(
                 traced.chain,
                 profile,
                 rule=rule,
                 cache=cache,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=lambda done, total: steps("latency table segments", done, total),
             )
         frame = table.to_frame()
         if table.replayed:
@@ -227,6 +224,7 @@ def _existing(path: Path) -> Path:
 
 def _resolution(profile: Profile, requested: int | None) -> int:
     """The input size: the profile's if it fixes one (a different request is an error)."""
+    check_resolution(requested)
     if profile.resolution is not None and requested not in (None, profile.resolution):
         raise DepthbenchError(
             f"profile {profile.name!r} fixes the resolution {profile.resolution}; drop "

@@ -3,7 +3,8 @@
 Both build the context a run gives a method (``suite.core.method.PlanContext``):
 
 - the base network: ``--checkpoint`` (a state dict), or trained from scratch once on the data with
-  ``BASE_RECIPE`` and cached (the same cache as ``depthbench run``);
+  the default experiment's ``base.train`` recipe (``configs/default.yaml``) and cached, in the
+  same cache as ``depthbench run``, so the same model and data reuse the default run's network;
 - the data set ``--data`` at ``--resolution`` (default: the data set's own, 32 for digits);
 - the chain, traced at the profile's resolution when the profile fixes one, else the data's.
 
@@ -14,126 +15,122 @@ computed on ``--data`` at its own resolution, at ``--fidelity``: no upstream imp
 public, so the plan is upstream's algorithm on upstream latencies with this suite's importance.
 ``compress`` runs one whole cell (``suite.run.cell.run_cell``): it measures and evaluates the
 network, so the data must be at the resolution the profile measures.
+
+Both take one parameter set, ``CellOptions``, and check the method, its config and the budget
+before any work (training the base network can take minutes).
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, get_type_hints
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from suite.console import console, progress_bar, user_errors
-from suite.core.budget import Budget
-from suite.core.method import PlanContext
-from suite.core.method import Progress as StepProgress
-from suite.core.plan import Plan
-from suite.core.registry import get_method
-from suite.core.trace import TracedModel, trace_model
-from suite.errors import DepthbenchError
-from suite.measure.profiles import load_profile
-from suite.measure.tables import default_cache_path
-from suite.run.cell import plan_context, run_cell
-from suite.run.data import load_data
-from suite.run.train import FinetuneRecipe, load_checkpoint, train_base
-
-# configs/default.yaml's base recipe: the same model and data reuse the default run's base network
-BASE_RECIPE = FinetuneRecipe(epochs=12, lr=0.1, batch_size=64, weight_decay=1e-4)
-PLAN_RECIPE = FinetuneRecipe(epochs=1)  # the shared recipe, for methods that train while planning
-
-
-class BudgetKind(str, Enum):
-    fraction = "fraction"
-    ms = "ms"
-    table = "table"
-
-
-class Fidelity(str, Enum):
-    smoke = "smoke"
-    full = "full"
-
-
-MethodArgument = Annotated[str, typer.Argument(help="A registered method (list-methods).")]
-ModelArgument = Annotated[str, typer.Argument(help="mobilenet_v2, resnet18, resnet34, vgg*_bn.")]
-ProfileOption = Annotated[str, typer.Option("--profile", "-p", help="Profile name or YAML file.")]
-BudgetOption = Annotated[float, typer.Option(help="The latency budget, in --budget-kind units.")]
-BudgetKindOption = Annotated[
+from suite.cli.options import (
     BudgetKind,
-    typer.Option(help="fraction of the base latency, ms, or table units (dp-depth's T0)."),
-]
-WidthOption = Annotated[float, typer.Option(help="MobileNetV2 width multiplier.")]
-ResolutionOption = Annotated[
-    int | None, typer.Option(help="Data resolution (default: the data set's own).")
-]
-DataOption = Annotated[str, typer.Option(help="digits, cifar10, cifar100, imagenet, imagefolder.")]
-DataRootOption = Annotated[Path | None, typer.Option(help="Local data directory (not digits).")]
-CheckpointOption = Annotated[
-    Path | None,
-    typer.Option(help="Base weights (a state dict); default: train once on the data, cached."),
-]
-FidelityOption = Annotated[
-    Fidelity, typer.Option(help="full, or smoke: the methods' cheap settings (no fine-tuning).")
-]
-SeedOption = Annotated[int, typer.Option(help="Seed of the data split and the recipe.")]
+    BudgetKindOption,
+    BudgetValue,
+    Checkpoint,
+    Data,
+    DataResolution,
+    DataRoot,
+    Fidelity,
+    FidelityOption,
+    MethodArgument,
+    ModelArgument,
+    Profile,
+    Seed,
+    Width,
+    check_budget,
+    check_resolution,
+)
+from suite.console import Steps, console, step_progress, user_errors
+from suite.errors import DepthbenchError
+
+if TYPE_CHECKING:
+    from suite.core.budget import Budget
+    from suite.core.method import PlanContext
+    from suite.core.plan import Plan
+    from suite.core.registry import MethodSpec
+    from suite.core.trace import TracedModel
+    from suite.run.train import FinetuneRecipe
 
 
 @dataclass(frozen=True)
-class CellSetup:
-    """What ``plan`` and ``compress`` share: the network, profile, data and base weights."""
+class CellOptions:
+    """The parameters ``plan`` and ``compress`` share: method, network, profile, budget, data."""
 
-    model: str
-    profile: str
-    width: float
-    resolution: int | None
-    data: str
-    data_root: Path | None
-    checkpoint: Path | None
-    fidelity: Fidelity
-    seed: int
+    method: MethodArgument
+    model: ModelArgument
+    profile: Profile
+    budget: BudgetValue
+    budget_kind: BudgetKindOption = BudgetKind.fraction
+    width: Width = 1.0
+    resolution: DataResolution = None
+    data: Data = "digits"
+    data_root: DataRoot = None
+    checkpoint: Checkpoint = None
+    fidelity: FidelityOption = Fidelity.full
+    seed: Seed = 0
+
+
+def cell_command(command: Callable[..., None]) -> Callable[..., None]:
+    """``command(cell: CellOptions, **own_options)`` as a typer command: its parameters are the
+    fields of ``CellOptions`` followed by the command's own options."""
+    hints = get_type_hints(CellOptions, include_extras=True)
+    shared = [
+        parameter.replace(annotation=hints[parameter.name])
+        for parameter in inspect.signature(CellOptions).parameters.values()
+    ]
+    own = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
+    parameters = [
+        parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY) for parameter in [*shared, *own]
+    ]
+
+    def typer_command(**values: object) -> None:
+        cell = CellOptions(**{parameter.name: values.pop(parameter.name) for parameter in shared})
+        command(cell, **values)
+
+    typer_command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    typer_command.__annotations__ = {p.name: p.annotation for p in parameters}
+    typer_command.__doc__, typer_command.__name__ = command.__doc__, command.__name__
+    return typer_command
 
 
 def register(app: typer.Typer) -> None:
     """Add ``plan`` and ``compress`` to ``app``."""
-    app.command("plan")(plan_command)
-    app.command("compress")(compress_command)
+    app.command("plan")(cell_command(plan_command))
+    app.command("compress")(cell_command(compress_command))
 
 
 def plan_command(
-    method: MethodArgument,
-    model: ModelArgument,
-    profile: ProfileOption,
-    budget: BudgetOption,
-    budget_kind: BudgetKindOption = BudgetKind.fraction,
-    width: WidthOption = 1.0,
-    resolution: ResolutionOption = None,
-    data: DataOption = "digits",
-    data_root: DataRootOption = None,
-    checkpoint: CheckpointOption = None,
-    fidelity: FidelityOption = Fidelity.full,
-    seed: SeedOption = 0,
+    cell: CellOptions,
     out: Annotated[Path | None, typer.Option(help="Write the plan as JSON here.")] = None,
 ) -> None:
     """Plan one method at one budget and print the plan: A, S, objective, predicted latency."""
-    setup = CellSetup(
-        model, profile, width, resolution, data, data_root, checkpoint, fidelity, seed
-    )
+    from suite.run.train import FinetuneRecipe
+
     with user_errors():
-        spec = get_method(method)
-        with progress_bar() as bar:
-            ctx = setup_context(setup, PLAN_RECIPE.model_copy(update={"seed": seed}), bar)
+        spec, budget = _checked(cell)
+        if out is not None and not out.parent.is_dir():
+            raise DepthbenchError(
+                f"--out {out}: the folder {out.parent} does not exist; create it or write elsewhere"
+            )
+        recipe = FinetuneRecipe(epochs=1, seed=cell.seed)  # for methods that train while planning
+        with step_progress() as steps:
+            ctx = setup_context(cell, recipe, steps)
             unsupported = spec.supports(ctx.chain)
             if unsupported:
                 raise DepthbenchError(
                     f"{spec.name} does not apply to {ctx.chain.name}: {unsupported}"
                 )
-            result = spec.plan(
-                ctx, Budget(kind=budget_kind.value, value=budget), spec.make_config()
-            )
+            result = spec.plan(ctx, budget, spec.make_config())
         plan = result.plan
         plan.validate(ctx.chain)
         if out is not None:
@@ -144,60 +141,71 @@ def plan_command(
 
 
 def compress_command(
-    method: MethodArgument,
-    model: ModelArgument,
-    profile: ProfileOption,
-    budget: BudgetOption,
-    budget_kind: BudgetKindOption = BudgetKind.fraction,
-    width: WidthOption = 1.0,
-    resolution: ResolutionOption = None,
-    data: DataOption = "digits",
-    data_root: DataRootOption = None,
-    checkpoint: CheckpointOption = None,
-    fidelity: FidelityOption = Fidelity.full,
-    seed: SeedOption = 0,
+    cell: CellOptions,
     epochs: Annotated[
         float | None, typer.Option(help="Fine-tuning epochs (default 1; or give --steps).")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Fine-tuning optimiser steps.")] = None,
 ) -> None:
     """Plan, fine-tune, merge, measure and evaluate one cell; print its result."""
-    setup = CellSetup(
-        model, profile, width, resolution, data, data_root, checkpoint, fidelity, seed
-    )
+    from suite.run.cell import run_cell
+    from suite.run.train import FinetuneRecipe
+
     with user_errors():
+        spec, budget = _checked(cell)
         if epochs is not None and steps is not None:
             raise DepthbenchError("give the fine-tuning length as --epochs or --steps, not both")
-        recipe = FinetuneRecipe(epochs=None if steps else epochs or 1, steps=steps, seed=seed)
-        with progress_bar() as bar:
-            ctx = setup_context(setup, recipe, bar)
+        if (epochs is not None and epochs <= 0) or (steps is not None and steps <= 0):
+            raise DepthbenchError("--epochs and --steps count fine-tuning: give a positive number")
+        recipe = FinetuneRecipe(epochs=None if steps else epochs or 1, steps=steps, seed=cell.seed)
+        with step_progress() as progress:
+            ctx = setup_context(cell, recipe, progress)
             if ctx.data.resolution != ctx.chain.resolution:
                 raise DepthbenchError(
                     f"profile {ctx.profile.name!r} measures at {ctx.chain.resolution} pixels but "
                     f"the data is at {ctx.data.resolution}: pass --resolution "
                     f"{ctx.chain.resolution}, or use a profile with resolution: null"
                 )
-            outcome = run_cell(ctx, method, None, Budget(kind=budget_kind.value, value=budget))
+            outcome = run_cell(ctx, spec.name, None, budget)
         if outcome.status != "ok":
-            raise DepthbenchError(f"{method} is infeasible at this budget: {outcome.reason}")
+            raise DepthbenchError(f"{cell.method} is infeasible at this budget: {outcome.reason}")
     console.print(_plan_table(outcome.plan, ctx))
-    console.print(_cell_table(outcome.fields, f"{method} on {ctx.chain.name} ({ctx.data.name})"))
+    console.print(
+        _cell_table(outcome.fields, f"{cell.method} on {ctx.chain.name} ({ctx.data.name})")
+    )
 
 
-def setup_context(setup: CellSetup, recipe: FinetuneRecipe, bar: Progress) -> PlanContext:
-    """The context of one cell, with every step's progress on ``bar``."""
-    report = _reporter(bar)
-    profile = load_profile(setup.profile)
-    data = load_data(setup.data, setup.data_root, setup.resolution, setup.seed)
+def _checked(cell: CellOptions) -> tuple[MethodSpec, Budget]:
+    """The method (its default config validated) and the budget, checked before any work."""
+    from suite.core.budget import Budget
+    from suite.core.registry import get_method
+
+    spec = get_method(cell.method)
+    spec.make_config()
+    check_resolution(cell.resolution)
+    return spec, Budget(kind=cell.budget_kind.value, value=check_budget(cell.budget))
+
+
+def setup_context(cell: CellOptions, recipe: FinetuneRecipe, steps: Steps) -> PlanContext:
+    """The context of one cell, with every step's progress on ``steps``."""
+    from suite.core.trace import trace_model
+    from suite.measure.profiles import load_profile
+    from suite.measure.tables import default_cache_path
+    from suite.run.cell import plan_context
+    from suite.run.data import load_data
+    from suite.run.train import train_base
+
+    profile = load_profile(cell.profile)
+    data = load_data(cell.data, cell.data_root, cell.resolution, cell.seed)
     size = profile.resolution or data.resolution
-    traced = trace_model(setup.model, setup.width, data.num_classes, size)
-    checkpoint = setup.checkpoint or train_base(
-        setup.model,
+    traced = trace_model(cell.model, cell.width, data.num_classes, size)
+    checkpoint = cell.checkpoint or train_base(
+        cell.model,
         data,
-        BASE_RECIPE,
+        _base_recipe(),
         default_cache_path().parent / "base",
-        width=setup.width,
-        progress=lambda done, total: report("train the base network", done, total),
+        width=cell.width,
+        progress=lambda done, total: steps("train the base network", done, total),
     )
     _load_weights(traced, checkpoint)
     return plan_context(
@@ -205,14 +213,29 @@ def setup_context(setup: CellSetup, recipe: FinetuneRecipe, bar: Progress) -> Pl
         profile,
         data,
         recipe,
-        fidelity=setup.fidelity.value,
-        seed=setup.seed,
+        fidelity=cell.fidelity.value,
+        seed=cell.seed,
         cache_dir=None if profile.is_replay else default_cache_path().parent,
-        progress=report,
+        progress=steps,
     )
 
 
+def _base_recipe() -> FinetuneRecipe:
+    """The default experiment's ``base.train``: one recipe for the base network everywhere."""
+    from suite.run.config import DEFAULT_CONFIG, load_experiment
+
+    recipe = load_experiment(DEFAULT_CONFIG).base.train
+    if recipe is None:
+        raise DepthbenchError(
+            f"{DEFAULT_CONFIG} gives the base network as a checkpoint, not a base.train recipe; "
+            "pass the base weights with --checkpoint"
+        )
+    return recipe
+
+
 def _load_weights(traced: TracedModel, checkpoint: Path) -> None:
+    from suite.run.train import load_checkpoint
+
     try:
         traced.model.load_state_dict(load_checkpoint(checkpoint))
     except RuntimeError as error:
@@ -221,18 +244,6 @@ def _load_weights(traced: TracedModel, checkpoint: Path) -> None:
             f"{str(error).splitlines()[0]} ...; pass the weights of that network (--width and "
             "the data set's classes must match)"
         ) from error
-
-
-def _reporter(bar: Progress) -> StepProgress:
-    """A ``(what, done, total)`` callback that keeps one bar per step on ``bar``."""
-    tasks: dict[str, TaskID] = {}
-
-    def report(what: str, done: int, total: int) -> None:
-        if what not in tasks:
-            tasks[what] = bar.add_task(escape(what), total=total)
-        bar.update(tasks[what], completed=done, total=total)
-
-    return report
 
 
 def _plan_table(plan: Plan, ctx: PlanContext) -> Table:

@@ -1,17 +1,27 @@
-"""The ``report`` and ``compare`` commands of the depthbench CLI."""
+"""The ``report`` and ``compare`` commands of the depthbench CLI.
+
+Both only read a run folder: ``records.parquet``, which ``depthbench run`` writes when it ends.
+A run stopped before that (or resumed into a folder with new cells) has cell files that
+``records.parquet`` lacks; then they read the cell files instead, in memory, and say so: running
+``depthbench run`` again consolidates the folder. No lock is taken, so a read-only run folder
+reports fine with ``--out`` pointing elsewhere.
+"""
+
+from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from suite.console import console, user_errors
-from suite.run.report import compare_runs, display_table, results_table, write_report
-from suite.run.store import ResultsStore, read_consolidated
+from suite.console import console, logger, user_errors
+from suite.errors import DepthbenchError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _FRONT_COLUMNS = [
     "model", "method", "budget_value", "seed", "top1", "latency_ms_median", "latency_ms_ci_low",
@@ -36,6 +46,8 @@ def report(
     ] = None,
 ) -> None:
     """Write Pareto tables (Markdown, CSV, LaTeX, HTML) and plots (PNG, SVG) of a run."""
+    from suite.run.report import display_table, results_table, write_report
+
     with user_errors():
         records = _load_run(run_dir)
         written = write_report(records, out or run_dir / "report")
@@ -58,8 +70,17 @@ def compare(
     run_b: Annotated[Path, typer.Argument(help="The run directory to compare with it.")],
 ) -> None:
     """Show cell-by-cell differences of two runs, flagging those beyond the measured noise."""
+    from suite.run.report import compare_runs, display_table
+
     with user_errors():
-        differences = compare_runs(_load_run(run_a), _load_run(run_b))
+        records_a, records_b = _load_run(run_a), _load_run(run_b)
+        if not set(records_a["profile_hash"]) & set(records_b["profile_hash"]):
+            raise DepthbenchError(
+                f"{run_a} was measured under {_profiles(records_a)} and {run_b} under "
+                f"{_profiles(records_b)}: latencies of different profiles never compare; compare "
+                "two runs of one profile"
+            )
+        differences = compare_runs(records_a, records_b)
     shown = display_table(differences[_COMPARE_COLUMNS])
     shown["flagged"] = differences["flagged"].map({True: "yes", False: ""})
     title = f"{run_b} against {run_a}"
@@ -71,11 +92,33 @@ def compare(
 
 
 def _load_run(run_dir: Path) -> pd.DataFrame:
-    """Bring ``records.parquet`` up to date with the cell files when they are there (a run may
-    have been interrupted), then read the run from it."""
-    if (run_dir / "cells").is_dir():
-        ResultsStore(run_dir.parent).consolidate(run_dir.name)
-    return read_consolidated(run_dir)
+    """The run's records, read without writing anything (see the module docstring)."""
+    from suite.run.store import ResultsStore, read_consolidated
+
+    cells = run_dir / "cells"
+    stored = {path.stem for path in cells.glob("*.json")} if cells.is_dir() else set()
+    if (run_dir / "records.parquet").is_file():
+        records = read_consolidated(run_dir)
+        if stored <= set(records["cell_hash"]):
+            return records
+        logger.warning(
+            "%s lacks %d of the run's cell files: reading the cells instead; run `depthbench run` "
+            "again to consolidate the run", run_dir / "records.parquet",
+            len(stored - set(records["cell_hash"])),
+        )  # fmt: skip
+    elif stored:
+        logger.warning(
+            "%s has no records.parquet (the run did not finish): reading its %d cell files; run "
+            "`depthbench run` again to consolidate the run", run_dir, len(stored),
+        )  # fmt: skip
+    else:
+        return read_consolidated(run_dir)  # its error says what is missing
+    return ResultsStore(run_dir.parent).records(run_dir.name)
+
+
+def _profiles(records: pd.DataFrame) -> str:
+    pairs = sorted(set(zip(records["profile_name"], records["profile_hash"], strict=True)))
+    return " and ".join(f"{name!r} (hash {profile_hash[:12]})" for name, profile_hash in pairs)
 
 
 def _rich_table(frame: pd.DataFrame, title: str, highlight: Sequence[bool] | None = None) -> Table:

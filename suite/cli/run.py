@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from suite.console import console, user_errors
 from suite.errors import DepthbenchError
-from suite.measure.profiles import load_profile
-from suite.run.config import DEFAULT_CONFIG, Experiment, load_experiment
-from suite.run.executors import Executor, InProcessExecutor, RayExecutor
-from suite.run.grid import measurement_resources, run_experiment
+
+if TYPE_CHECKING:
+    from suite.run.config import Experiment
+    from suite.run.executors import Executor
 
 
 class ExecutorName(str, Enum):
@@ -46,6 +46,9 @@ def run_command(
     ] = None,
 ) -> None:
     """Run every cell of an experiment that is not stored yet, then consolidate the run."""
+    from suite.run.config import DEFAULT_CONFIG, load_experiment
+    from suite.run.grid import run_experiment
+
     with user_errors():
         experiment = load_experiment(config or DEFAULT_CONFIG)
         with _executor(executor, address, experiment) as chosen:
@@ -62,6 +65,10 @@ def run_command(
 
 
 def _executor(name: ExecutorName, address: str | None, experiment: Experiment) -> Executor:
+    from suite.measure.profiles import load_profile
+    from suite.run.executors import InProcessExecutor, RayExecutor
+    from suite.run.grid import measurement_resources
+
     if name is ExecutorName.inprocess:
         if address is not None:
             raise DepthbenchError("--address is the address of a Ray cluster: add --executor ray")

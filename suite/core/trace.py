@@ -140,8 +140,12 @@ def trace_model(
     from suite.core.models import build_model
 
     model = build_model(name, num_classes=num_classes, width=width).eval()
-    label = f"{name}-{width:g}" if name == "mobilenet_v2" else name
-    return trace(model, resolution, label)
+    return trace(model, resolution, model_label(name, width))
+
+
+def model_label(name: str, width: float = 1.0) -> str:
+    """The chain name ``trace_model`` gives: the model, and MobileNetV2's width multiplier."""
+    return f"{name}-{width:g}" if name == "mobilenet_v2" else name
 
 
 def _walk_mobilenet_v2(model: MobileNetV2, builder: _Builder) -> tuple[nn.Module, nn.Module, str]:

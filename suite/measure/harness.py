@@ -5,9 +5,12 @@
 1. refuses replay profiles (they have no device) and backends that cannot run here, with the reason;
 2. turns the model into what the backend takes (an ONNX export at the profile's batch, in half
    precision for fp16 profiles, or the torch module itself) and makes one fixed-seed input;
-3. runs ``repeats`` repeats, each with a fresh session or engine, and pools their samples;
+3. runs ``repeats`` repeats, each with a fresh session or engine (a *session*);
 4. summarises them: median, mean, p90/p95/p99, IQR, coefficient of variation (CoV) and robust
-   CoV, a seeded bootstrap 95% confidence interval of the median, n;
+   CoV of all samples pooled, n, and a 95% confidence interval of the median from the spread
+   *between* sessions (``session_interval``): iterations of one session share its state (memory
+   layout, thread placement, chosen kernels), so they are not independent samples of the latency a
+   fresh session will show;
 5. gates on stability: while the robust CoV exceeds the protocol's ``max_cov``, measure again (at most
    ``max_remeasure`` times); if it never passes, keep the steadiest attempt and flag it unstable
    with a warning, never silently;
@@ -21,7 +24,7 @@ import copy
 import platform
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +34,7 @@ import numpy as np
 import onnx
 import torch
 from google.protobuf.message import DecodeError
+from scipy.stats import t as student_t
 from torch import nn
 
 from suite.core.export import export_onnx
@@ -39,6 +43,7 @@ from suite.measure.backends import Backend, get_backend
 from suite.measure.profiles import Profile, Protocol, detect_machine
 
 BOOTSTRAP_RESAMPLES = 1000
+CONFIDENCE = 0.95
 # The IQR of a normal distribution is 1.349 standard deviations, so IQR / (1.349 * median) is the
 # CoV that a normal distribution with these quartiles would have. The gate uses this robust CoV:
 # the plain CoV of a sub-millisecond network is dominated by rare OS interruptions (a 0.06 ms
@@ -66,6 +71,7 @@ class LatencyStats:
     ci_low_ms: float
     ci_high_ms: float
     n: int
+    repeats: int
 
 
 @dataclass(frozen=True)
@@ -92,22 +98,31 @@ class LatencyResult(LatencyStats):
             "latency_ms_ci_low": self.ci_low_ms,
             "latency_ms_ci_high": self.ci_high_ms,
             "latency_samples": self.n,
+            "latency_repeats": self.repeats,
             "stable": self.stable,
         }
 
 
-def summarize(samples: np.ndarray, seed: int = 0) -> LatencyStats:
-    """Statistics of ``samples`` (at least 2); the bootstrap CI is seeded by ``seed``."""
-    samples = np.asarray(samples, dtype=np.float64)
-    if samples.size < 2 or not np.all(np.isfinite(samples)):
+def summarize(repeats: Sequence[np.ndarray], seed: int = 0) -> LatencyStats:
+    """Statistics of one attempt, given as the samples of each repeat (session).
+
+    Everything but the interval is computed over all samples pooled. The 95% interval of the
+    median comes from the sessions' medians (``session_interval``); with a single session there is
+    no between-session spread to use, so it falls back to a bootstrap of that session's median
+    (1000 resamples seeded by ``seed``), which reflects only the noise within the session.
+    """
+    repeats = [np.asarray(repeat, dtype=np.float64) for repeat in repeats]
+    samples = np.concatenate(repeats) if repeats else np.empty(0)
+    if samples.size < 2 or any(r.size == 0 for r in repeats) or not np.all(np.isfinite(samples)):
         raise DepthbenchError(
-            f"need at least 2 finite latency samples to summarise, got {samples.size}"
+            f"need at least 2 finite latency samples, and one in every repeat, to summarise; got "
+            f"{samples.size} in {len(repeats)} repeats"
         )
     p25, median, p75, p90, p95, p99 = np.percentile(samples, [25, 50, 75, 90, 95, 99])
-    resampled = np.random.default_rng(seed).choice(
-        samples, size=(BOOTSTRAP_RESAMPLES, samples.size)
-    )
-    ci_low, ci_high = np.percentile(np.median(resampled, axis=1), [2.5, 97.5])
+    if len(repeats) == 1:
+        ci_low, ci_high = _bootstrap_median_interval(samples, seed)
+    else:
+        ci_low, ci_high = session_interval([np.median(repeat) for repeat in repeats])
     mean = samples.mean()
     return LatencyStats(
         median_ms=float(median),
@@ -118,10 +133,43 @@ def summarize(samples: np.ndarray, seed: int = 0) -> LatencyStats:
         iqr_ms=float(p75 - p25),
         cov=float(samples.std(ddof=1) / mean),
         robust_cov=float((p75 - p25) / NORMAL_IQR / median),
-        ci_low_ms=float(ci_low),
-        ci_high_ms=float(ci_high),
+        # the pooled median lies between the sessions' medians, so inside the interval for up to
+        # 4 sessions; with more, skewed sessions could leave it outside: widen to include it
+        ci_low_ms=float(min(ci_low, median)),
+        ci_high_ms=float(max(ci_high, median)),
         n=int(samples.size),
+        repeats=len(repeats),
     )
+
+
+def session_interval(session_medians: Sequence[float]) -> tuple[float, float]:
+    """95% confidence interval of the typical session's median latency (the geometric mean of
+    session medians), from the medians of k >= 2 sessions.
+
+    A Student-t interval on the logarithms (sessions shift latency by a factor, not by an
+    offset): exp(mean(log m) +- t_{0.975, k-1} * sd(log m) / sqrt(k)). It is always positive and,
+    for k <= 4 sessions, contains every session's median, since t_{0.975, k-1} >= k - 1 there.
+    A bootstrap over 3 medians would be degenerate (10 distinct resamples), and their min-max range
+    contains the median of the sessions' distribution only 1 - 2 / 2^3 = 75% of the time.
+    """
+    medians = np.asarray(session_medians, dtype=np.float64)
+    if medians.size < 2 or not np.all(medians > 0):
+        raise DepthbenchError(
+            f"a between-session interval needs at least 2 positive session medians, got {medians}"
+        )
+    logs = np.log(medians)
+    half_width = (
+        student_t.ppf(0.5 + CONFIDENCE / 2, logs.size - 1) * logs.std(ddof=1) / np.sqrt(logs.size)
+    )
+    return float(np.exp(logs.mean() - half_width)), float(np.exp(logs.mean() + half_width))
+
+
+def _bootstrap_median_interval(samples: np.ndarray, seed: int) -> tuple[float, float]:
+    resampled = np.random.default_rng(seed).choice(
+        samples, size=(BOOTSTRAP_RESAMPLES, samples.size)
+    )
+    low, high = np.percentile(np.median(resampled, axis=1), [2.5, 97.5])
+    return float(low), float(high)
 
 
 def measure(
@@ -151,18 +199,16 @@ def measure(
         runnable, shape, dtype = _prepare(model, profile, backend, input_shape, Path(workdir))
         inputs = np.random.default_rng(protocol.seed).standard_normal(shape).astype(dtype)
 
-        def measure_once() -> np.ndarray:
-            return np.concatenate(
-                [
-                    backend.run_repeat(runnable, profile, protocol, inputs)
-                    for _ in range(protocol.repeats)
-                ]
-            )
+        def measure_once() -> list[np.ndarray]:
+            return [
+                backend.run_repeat(runnable, profile, protocol, inputs)
+                for _ in range(protocol.repeats)
+            ]
 
-        samples, stats, stable, attempts = stability_gate(measure_once, protocol, profile.name)
+        samples, summary, stable, attempts = stability_gate(measure_once, protocol, profile.name)
     return LatencyResult(
-        **asdict(stats),
-        samples=samples,
+        **asdict(summary),
+        samples=np.concatenate(samples),
         stable=stable,
         attempts=attempts,
         environment=capture_environment(profile),
@@ -171,11 +217,11 @@ def measure(
 
 
 def stability_gate(
-    measure_once: Callable[[], np.ndarray], protocol: Protocol, profile_name: str
-) -> tuple[np.ndarray, LatencyStats, bool, int]:
+    measure_once: Callable[[], list[np.ndarray]], protocol: Protocol, profile_name: str
+) -> tuple[list[np.ndarray], LatencyStats, bool, int]:
     """Stability gate: the first attempt with a robust CoV under ``max_cov``, else the steadiest,
-    with a warning."""
-    best: tuple[np.ndarray, LatencyStats] | None = None
+    with a warning. ``measure_once`` returns one attempt: the samples of each repeat."""
+    best: tuple[list[np.ndarray], LatencyStats] | None = None
     for attempt in range(1, protocol.max_remeasure + 2):
         samples = measure_once()
         stats = summarize(samples, protocol.seed)

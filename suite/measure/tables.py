@@ -11,7 +11,8 @@ measured once across models, methods and runs. Every row carries a checksum of i
 that fails it is reported (a warning naming the row), measured again and replaced.
 
 Replay profiles answer from an upstream table instead of measuring, after checking that the
-table's rows are exactly the chain's valid segments.
+table's rows are exactly the chain's valid segments and that the chain is the network the table
+was measured on (``replay.model`` at ``replay.width``; the profile fixes resolution and batch).
 
 Additivity: the sum of the single-unit segments T(p-1, p) against the original network's measured
 end-to-end latency. Tables assume it; ``additivity`` measures how far it holds (the difference
@@ -38,6 +39,7 @@ from torch import nn
 
 from suite.core.chain import MERGE_RULES, Chain, ConvSpec, MergeRule
 from suite.core.export import write_conv_onnx
+from suite.core.trace import model_label
 from suite.errors import DepthbenchError
 from suite.measure.backends import get_backend
 from suite.measure.harness import LatencyResult, UnstableMeasurementWarning, measure
@@ -360,6 +362,15 @@ def _replay(
             f"{len(segments)} valid {rule} segments of chain {chain.name!r} ({len(missing)} "
             f"missing from the table, e.g. {missing[:3]}; {len(extra)} not valid in the chain, "
             f"e.g. {extra[:3]}); use that network and rule, or a measuring profile"
+        )
+    # MobileNetV2's widths share one set of segments: only the chain's name tells them apart
+    measured_on = model_label(profile.replay.model, profile.replay.width)
+    if chain.name != measured_on:
+        raise DepthbenchError(
+            f"profile {profile.name!r} replays latencies measured on {measured_on} (width "
+            f"{profile.replay.width:g}), but the chain is {chain.name!r}: its segments have the "
+            f"same positions, not the same convs. Use width {profile.replay.width:g} "
+            f"(--width {profile.replay.width:g}), or a measuring profile"
         )
     return LatencyTable(
         chain_name=chain.name,

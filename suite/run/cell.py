@@ -29,6 +29,7 @@ from suite.measure.harness import LatencyResult, measure
 from suite.measure.profiles import Profile
 from suite.measure.tables import LatencyTable, TableCache, build_table
 from suite.run.data import DataSplits
+from suite.run.stats import pack_correct
 from suite.run.train import FinetuneRecipe, evaluate, finetune
 
 # The deploy network must compute what the fine-tuned network computes; fp32 rounding of merged
@@ -129,6 +130,8 @@ def run_cell(
         "top1": accuracy.top1,
         "top5": accuracy.top5,
         "loss": accuracy.loss,
+        "test_images": len(accuracy.correct),
+        "test_correct": pack_correct(accuracy.correct),
         **model_stats(deploy, ctx.chain.resolution),
         "activations": len(plan.activations),
         "plan": {

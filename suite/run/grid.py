@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,10 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.markup import escape
-from rich.progress import Progress, TaskID
 
-from suite.console import progress_bar
+from suite.console import Steps, logger, step_progress
 from suite.core.budget import Budget
 from suite.core.method import PlanContext
 from suite.core.trace import TracedModel, trace_model
@@ -191,10 +190,13 @@ class CellRunner:
     code_version: str
     cache_dir: Path  # latency tables and importance entries
     progress: StepProgress | None = None  # only where the cells run in the caller's process
+    started: Callable[[Cell], None] | None = None  # likewise
     _contexts: dict[tuple[str, int], PlanContext] = field(default_factory=dict, repr=False)
 
     def __call__(self, cell: Cell) -> CellRecord:
         fields: dict[str, Any] = {}
+        if self.started is not None:
+            self.started(cell)
         try:
             outcome = run_cell(self._context(cell), cell.method, cell.method_config, cell.budget)
             status, reason, fields = outcome.status, outcome.reason, outcome.fields
@@ -257,8 +259,9 @@ def run_experiment(
 ) -> RunSummary:
     """Run every cell of ``experiment`` not yet stored under ``results/<run_id>``; consolidate.
 
-    ``run_id`` defaults to ``default_run_id``. Progress goes to stderr; each failed cell is printed
-    with its reason as it is stored.
+    ``run_id`` defaults to ``default_run_id``. Progress goes to the ``depthbench`` logger (see
+    ``suite.console``): a line as each cell starts and finishes, with its status, the cells left
+    and an ETA; each failed cell's reason as a warning.
     """
     store = ResultsStore(results)
     cells = grid(experiment)
@@ -269,16 +272,20 @@ def run_experiment(
             "starting with a letter or digit"
         )
     todo = [cell for cell in cells if not store.has(run_id, cell.cell_hash)]
-    with progress_bar() as bar:
-        display = _Display(bar, total=len(cells), done=len(cells) - len(todo))
+    logger.info(
+        "run %s: %d cells, %d already stored, %d to run", run_id, len(cells), len(cells) - len(todo),
+        len(todo),
+    )  # fmt: skip
+    with step_progress() as steps:
+        display = _Display(steps, total=len(cells), todo=len(todo))
         if todo:
             cell_runner = make_cell_runner(experiment, run_id, display.step)
             if executor.in_process:
-                cell_runner.progress = display.step
+                cell_runner.progress, cell_runner.started = display.step, display.cell_started
             for profile, profile_cells in _by_profile(todo):
                 resources = measurement_resources(profile)
                 for record in executor.map(cell_runner, profile_cells, resources):
-                    _store(store, record, bar)
+                    _store(store, record)
                     display.cell_done(record)
     records = store.consolidate(run_id, run_config=experiment.model_dump(mode="json"))
     statuses = Counter(read_consolidated(records.parent)["status"])
@@ -314,33 +321,71 @@ def _by_profile(cells: list[Cell]) -> list[tuple[Profile, list[Cell]]]:
     return list(groups.values())
 
 
-def _store(store: ResultsStore, record: CellRecord, bar: Progress) -> None:
+def _store(store: ResultsStore, record: CellRecord) -> None:
     """Write the record; a record another run stored meanwhile is kept, and said so."""
     try:
         store.write(record)
     except DepthbenchError as error:
-        bar.console.print(f"[yellow]kept the stored record:[/yellow] {escape(str(error))}")
+        logger.warning("kept the stored record: %s", error)
 
 
 class _Display:
-    """Two bars: the grid's cells, and the step the current cell is at (in-process runs only)."""
+    """Where the run is: a log line as each cell starts (in-process runs only) and finishes, with
+    the cells left and an ETA; on a terminal also a bar of the cells and of the current step."""
 
-    def __init__(self, bar: Progress, total: int, done: int) -> None:
-        self.bar = bar
-        self.cells: TaskID = bar.add_task("cells", total=total, completed=done)
-        self.steps: TaskID = bar.add_task("", total=None, visible=False)
+    def __init__(self, steps: Steps, total: int, todo: int) -> None:
+        self.steps, self.total, self.todo = steps, total, todo
+        self.finished = 0  # cells of this call
+        self.begun = time.monotonic()
+        self.cell_begun: dict[str, float] = {}
+        self.current: list[str] = []  # the current cell's steps, whose bars go when it ends
+        self._count()
 
-    def step(self, description: str, done: int, total: int) -> None:
-        self.bar.update(
-            self.steps, description=escape(description), completed=done, total=total, visible=True
-        )
+    def step(self, what: str, done: int, total: int) -> None:
+        if what not in self.current:
+            self.current.append(what)
+        self.steps(what, done, total)
+
+    def cell_started(self, cell: Cell) -> None:
+        self.cell_begun[cell.cell_hash] = time.monotonic()
+        logger.info("cell %d/%d started: %s", self.finished + 1, self.todo, cell.label)
+        logger.debug("cell %s: method config %s", cell.cell_hash, cell.method_config)
 
     def cell_done(self, record: CellRecord) -> None:
-        self.bar.advance(self.cells)
-        self.bar.update(self.steps, visible=False)
+        self.finished += 1
+        now = time.monotonic()
+        left = self.todo - self.finished
+        eta = (now - self.begun) / self.finished * left  # the rate so far, parallel lanes included
+        begun = self.cell_begun.pop(record.cell_hash, None)
+        took = f" in {_duration(now - begun)}" if begun is not None else ""
+        budget = (
+            "" if record.method == ORIGINAL else f" @ {record.budget.kind} {record.budget.value:g}"
+        )
+        logger.info(
+            "cell %d/%d finished: %s%s · %s · seed %d: %s%s; cells left: %d, ETA %s",
+            self.finished, self.todo, record.method, budget, record.profile_name, record.seed,
+            record.status, took, left, _duration(eta),
+        )  # fmt: skip
         if record.status == "failed":
             first_line = (record.reason or "").splitlines()[0]  # the record keeps all of it
-            self.bar.console.print(
-                f"[red]failed[/red] {escape(record.method)} ({record.cell_hash}): "
-                f"{escape(first_line)}"
-            )
+            logger.warning("failed %s (%s): %s", record.method, record.cell_hash, first_line)
+        for what in self.current:
+            self.steps.end(what)
+        self.current.clear()
+        self._count()
+
+    def _count(self) -> None:
+        if self.steps.bars is not None:  # without a terminal, the cell lines say as much
+            self.steps("cells", self.total - self.todo + self.finished, self.total)
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

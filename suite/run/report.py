@@ -3,9 +3,14 @@
 A latency number means something only under the hardware profile it was measured with, so every
 table and plot here covers exactly one profile hash; a report over several profiles writes one set
 of tables and plots per profile.
+
+Every number carries its 95% interval (formulas in ``suite.run.stats``). A table row is one cell
+aggregated over its seeds (``aggregate_seeds``); fronts are computed on those aggregates. Methods
+at the same budget are compared pairwise on the same test images (``pairwise_table``).
 """
 
 import html
+import itertools
 import re
 from functools import partial
 from pathlib import Path
@@ -16,6 +21,15 @@ import pandas as pd
 import seaborn as sns
 
 from suite.errors import DepthbenchError
+from suite.run.stats import (
+    CONFIDENCE,
+    geometric_t_interval,
+    mcnemar_exact,
+    paired_bootstrap_difference,
+    t_interval,
+    unpack_correct,
+    wilson_interval,
+)
 from suite.run.store import read_consolidated
 
 BASELINE_METHOD = "original"
@@ -24,11 +38,22 @@ _CELL = [
     "model", "dataset", "method", "method_config", "budget_kind", "budget_value", "profile_hash",
     "seed",
 ]  # fmt: skip
+_SEEDLESS = [
+    "model", "dataset", "method", "method_config", "budget_kind", "budget_value", "profile_hash",
+    "profile_name", "fidelity",
+]  # fmt: skip  # a cell without its seed: the seeds of one such group are aggregated
 _TABLE_COLUMNS = [
-    "model", "dataset", "method", "budget_kind", "budget_value", "seed", "fidelity", "top1",
-    "top5", "latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high", "stable", "speedup",
-    "accuracy_drop_pp", "method_front", "global_front",
+    "model", "dataset", "method", "budget_kind", "budget_value", "seeds", "seed", "fidelity",
+    "top1", "top1_ci_low", "top1_ci_high", "top5", "latency_ms_median", "latency_ms_ci_low",
+    "latency_ms_ci_high", "stable", "speedup", "accuracy_drop_pp", "method_front", "global_front",
 ]  # fmt: skip
+_PAIRWISE_COLUMNS = [
+    "model", "dataset", "budget_kind", "budget_value", "method_a", "method_b", "seeds", "top1_a",
+    "top1_b", "top1_diff_pp", "diff_ci_low", "diff_ci_high", "only_a", "only_b", "mcnemar_p",
+    "significant", "better",
+]  # fmt: skip
+# Columns newer than some stored runs: added empty when a run's Parquet lacks them.
+_OPTIONAL_COLUMNS = {"test_images": "Int64", "test_correct": "string"}
 _UNMEASURED_COLUMNS = [
     "model", "dataset", "method", "budget_kind", "budget_value", "seed", "status", "reason",
 ]  # fmt: skip
@@ -55,9 +80,36 @@ def pareto_front(records: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def aggregate_seeds(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per measured cell without its seed: its seeds' accuracy and latency with 95%
+    intervals (``seeds`` counts them, ``seed`` lists them).
+
+    One seed: the cell's own numbers; top-1's interval is the Wilson interval over its test
+    images (empty for records without ``test_images``), latency's is the record's. Several
+    seeds: top-1 is their mean, latency the geometric mean of their medians, each with a
+    Student-t interval over seeds (on logarithms for latency). The seeds share one test set and
+    each latency has its own session noise, which the spread over seeds does not show (two seeds
+    with equal top-1 give a zero-width t-interval), so the interval is the hull of the
+    t-interval and the one-seed intervals: the Wilson interval of the mean top-1, the seeds'
+    latency intervals. ``stable`` only if every seed was; top-5 is the mean.
+    """
+    measured = _with_optional_columns(records)
+    measured = measured[measured["status"] == "ok"]
+    rows = [
+        {**dict(zip(_SEEDLESS, key, strict=True)), **_aggregate(group)}
+        for key, group in measured.groupby(_SEEDLESS, dropna=False, sort=True)
+    ]
+    columns = _SEEDLESS + [
+        "status", "seeds", "seed", "top1", "top1_ci_low", "top1_ci_high", "top5",
+        "latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high", "stable",
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
 def results_table(records: pd.DataFrame) -> pd.DataFrame:
-    """The measured cells of ONE profile: accuracy, latency with its CI, speed-up and accuracy
-    drop against the ``original`` network of the same model and data set, and front membership.
+    """The measured cells of ONE profile, aggregated over seeds (``aggregate_seeds``): top-1 and
+    latency with their 95% intervals, speed-up and accuracy drop against the ``original``
+    network of the same model and data set, and front membership of the aggregates.
 
     Records of several profile hashes are refused: their latencies are not comparable.
     """
@@ -68,8 +120,7 @@ def results_table(records: pd.DataFrame) -> pd.DataFrame:
             "cannot share one table: latencies measured under different profiles are not "
             "comparable. Select one profile_hash, or let write_report make one table per profile"
         )
-    frame = pareto_front(records)
-    frame = frame[frame["status"] == "ok"]
+    frame = pareto_front(aggregate_seeds(records))
     baseline = (
         frame[frame["method"] == BASELINE_METHOD]
         .groupby(_NETWORK)[["latency_ms_median", "top1"]]
@@ -87,6 +138,59 @@ def unmeasured_table(records: pd.DataFrame) -> pd.DataFrame:
     """Cells without measurements (infeasible or failed) and why: listed, never plotted."""
     unmeasured = records.loc[records["status"] != "ok", _UNMEASURED_COLUMNS]
     return unmeasured.sort_values(_UNMEASURED_COLUMNS).reset_index(drop=True)
+
+
+def pairwise_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Every pair of methods at the same budget (one profile, model and data set): top-1 of B
+    minus top-1 of A (percentage points) over the seeds both have, with its paired-bootstrap 95%
+    interval over test images; ``significant`` when that interval excludes 0, and then ``better``
+    names the winner.
+
+    With one common seed, McNemar's exact p-value and the discordant counts (``only_a``: images
+    only A gets right) are given too; with several, the same image enters once per seed, the
+    pairs are not independent and McNemar does not apply (the bootstrap keeps an image's seeds
+    together). Only cells that store per-image correctness are compared; methods with several
+    configurations are told apart by their config.
+    """
+    measured = _with_optional_columns(records)
+    measured = measured[(measured["status"] == "ok") & measured["test_correct"].notna()]
+    measured = measured.assign(label=_method_labels(measured))
+    budget = ["profile_hash", "model", "dataset", "budget_kind", "budget_value"]
+    rows = []
+    for key, cells in measured.groupby(budget, sort=True):
+        by_label = {label: group for label, group in cells.groupby("label", sort=True)}
+        for label_a, label_b in itertools.combinations(sorted(by_label), 2):
+            row = _compare_pair(by_label[label_a], by_label[label_b])
+            if row is not None:
+                identity = dict(zip(budget, key, strict=True))
+                rows.append(identity | {"method_a": label_a, "method_b": label_b} | row)
+    return pd.DataFrame(rows, columns=["profile_hash", *_PAIRWISE_COLUMNS])
+
+
+def wins_table(pairwise: pd.DataFrame) -> pd.DataFrame:
+    """Who beats whom: per budget and method, the methods it beats and loses to significantly."""
+    budget = ["model", "dataset", "budget_kind", "budget_value"]
+    rows = []
+    for key, pairs in pairwise.groupby(budget, sort=True):
+        for method in sorted(set(pairs["method_a"]) | set(pairs["method_b"])):
+            mine = pairs[(pairs["method_a"] == method) | (pairs["method_b"] == method)]
+            decided = mine[mine["significant"]]
+            others = np.where(
+                decided["method_a"] == method, decided["method_b"], decided["method_a"]
+            )
+            won = decided["better"].to_numpy() == method
+            rows.append(
+                dict(zip(budget, key, strict=True))
+                | {
+                    "method": method,
+                    "beats": ", ".join(sorted(others[won])),
+                    "loses to": ", ".join(sorted(others[~won])),
+                    "no significant difference": len(mine) - len(decided),
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=[*budget, "method", "beats", "loses to", "no significant difference"]
+    )
 
 
 def write_report(source: Path | pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -109,6 +213,9 @@ def write_report(source: Path | pd.DataFrame, out_dir: Path) -> list[Path]:
         unmeasured = unmeasured_table(profile_records)
         if not unmeasured.empty:
             written += _write_tables(unmeasured, folder / "unmeasured", title)
+        pairwise = pairwise_table(profile_records)
+        if not pairwise.empty:
+            written += _write_pairwise(pairwise, folder / "pairwise", title)
         short_title = f"{profile_name} (profile {profile_hash[:12]})"
         if not table.empty:
             written += _plot_accuracy_vs_latency(table, folder / "accuracy_vs_latency", short_title)
@@ -121,9 +228,13 @@ def compare_runs(run_a: pd.DataFrame, run_b: pd.DataFrame) -> pd.DataFrame:
     """Cell-by-cell differences of two runs, matched on model, data set, method (and config),
     budget, profile hash and seed.
 
-    A cell is ``flagged`` when it is in one run only, its status changed, its accuracy differs,
-    or its latency moved beyond the measured noise: the two confidence intervals of the median do
-    not overlap (a cell without a CI counts its median as a zero-width interval).
+    A cell is ``flagged`` when it is in one run only, its status changed, or its accuracy or
+    latency moved beyond their noise. Latency: the two 95% intervals of the median do not overlap
+    (a cell without one counts its median as a zero-width interval). Top-1: McNemar's exact test
+    on the per-image correctness of both records gives p < 0.05 (``top1_p_value``); where a
+    record lacks it, the Wilson intervals of the two top-1s do not overlap; where a record lacks
+    the test-image count too, any difference counts. Top-5: the Wilson intervals, or any
+    difference without the count.
     """
     for label, run in (("A", run_a), ("B", run_b)):
         duplicated = run.duplicated(_CELL)
@@ -133,10 +244,19 @@ def compare_runs(run_a: pd.DataFrame, run_b: pd.DataFrame) -> pd.DataFrame:
                 "budget, profile and seed; compare runs with one record per cell"
             )
     values = [
-        "status", "top1", "top5", "latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high",
+        "status", "top1", "top5", "test_images", "test_correct", "latency_ms_median",
+        "latency_ms_ci_low", "latency_ms_ci_high",
     ]  # fmt: skip
-    merged = run_a[_CELL + values].merge(
-        run_b[_CELL + values], on=_CELL, how="outer", suffixes=("_a", "_b"), indicator="present"
+    merged = (
+        _with_optional_columns(run_a)[_CELL + values]
+        .merge(
+            _with_optional_columns(run_b)[_CELL + values],
+            on=_CELL,
+            how="outer",
+            suffixes=("_a", "_b"),
+            indicator="present",
+        )
+        .reset_index(drop=True)
     )
     merged["present"] = merged["present"].map(
         {"both": "both", "left_only": "A only", "right_only": "B only"}
@@ -146,7 +266,13 @@ def compare_runs(run_a: pd.DataFrame, run_b: pd.DataFrame) -> pd.DataFrame:
     low_a, high_a = _interval(merged, "a")
     low_b, high_b = _interval(merged, "b")
     merged["latency_changed"] = (low_b > high_a) | (high_b < low_a)
-    merged["accuracy_changed"] = _differs(merged, "top1") | _differs(merged, "top5")
+    merged["top1_p_value"] = [_mcnemar_p(row) for row in merged.itertuples()]
+    top1_changed = np.where(
+        merged["top1_p_value"].notna(),
+        merged["top1_p_value"] < 1 - CONFIDENCE,
+        _beyond_wilson(merged, "top1"),
+    )
+    merged["accuracy_changed"] = top1_changed | _beyond_wilson(merged, "top5")
     status_changed = (merged["status_a"] != merged["status_b"]).fillna(True).astype(bool)
     merged["flagged"] = (
         merged["latency_changed"]
@@ -154,39 +280,55 @@ def compare_runs(run_a: pd.DataFrame, run_b: pd.DataFrame) -> pd.DataFrame:
         | status_changed
         | (merged["present"] != "both")
     )
-    return merged
+    return merged.drop(columns=["test_correct_a", "test_correct_b"])
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as text for people: 2 decimals (3 for milliseconds), latency as
-    'median [CI low, high]', marks for front membership. (CSV keeps full precision instead.)"""
+    """The table as text for people: 2 decimals (3 for milliseconds), each value that has its
+    interval's columns as 'value [low, high]', seed counts as '1 seed', marks for front
+    membership. (CSV keeps full precision instead.)"""
     shown = table.copy()
-    if "latency_ms_median" in shown:
-        shown["latency_ms_median"] = [
-            _latency_text(median, low, high)
-            for median, low, high in zip(
-                shown["latency_ms_median"],
-                shown["latency_ms_ci_low"],
-                shown["latency_ms_ci_high"],
-                strict=True,
-            )
-        ]
-        shown = shown.drop(columns=["latency_ms_ci_low", "latency_ms_ci_high"])
+    for value, low, high in _WITH_INTERVAL:
+        if {value, low, high} <= set(shown.columns):
+            digits = _digits(value)
+            shown[value] = [
+                _interval_text(*numbers, digits=digits)
+                for numbers in zip(shown[value], shown[low], shown[high], strict=True)
+            ]
+            shown = shown.drop(columns=[low, high])
+    if "seeds" in shown:
+        shown["seeds"] = shown["seeds"].map(lambda n: f"{n} seed" + ("s" if n != 1 else ""))
     for column in shown.columns:
         if column.endswith("_front"):
             shown[column] = shown[column].map({True: "*", False: ""})
+        elif column == "significant":
+            shown[column] = shown[column].map({True: "yes", False: "no"})
+        elif column in ("mcnemar_p", "top1_p_value"):
+            shown[column] = shown[column].map(lambda p: "" if pd.isna(p) else f"{p:.2g}")
         elif pd.api.types.is_float_dtype(shown[column]):
             shown[column] = shown[column].map(partial(_number_text, digits=_digits(column)))
     shown = shown.astype(object).where(shown.notna(), "")
     return shown.rename(columns=_HEADERS)
 
 
+_WITH_INTERVAL = [
+    ("top1", "top1_ci_low", "top1_ci_high"),
+    ("latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high"),
+    ("top1_diff_pp", "diff_ci_low", "diff_ci_high"),
+]
 _HEADERS = {
     "budget_kind": "budget kind",
     "budget_value": "budget",
-    "top1": "top-1 %",
+    "seed": "seed(s)",
+    "top1": "top-1 % [95% CI]",
     "top5": "top-5 %",
-    "latency_ms_median": "latency ms [CI]",
+    "latency_ms_median": "latency ms [95% CI]",
+    "top1_diff_pp": "B - A pp [95% CI]",
+    "method_a": "A",
+    "method_b": "B",
+    "only_a": "only A right",
+    "only_b": "only B right",
+    "mcnemar_p": "McNemar p",
     "speedup": "speed-up",
     "accuracy_drop_pp": "drop pp",
     "method_front": "method front",
@@ -210,6 +352,137 @@ def _non_dominated(points: pd.DataFrame) -> np.ndarray:
     return ~(as_good & better).any(axis=1)
 
 
+def _with_optional_columns(records: pd.DataFrame) -> pd.DataFrame:
+    missing = {c: pd.Series(pd.NA, index=records.index, dtype=dtype)
+               for c, dtype in _OPTIONAL_COLUMNS.items() if c not in records}  # fmt: skip
+    return records.assign(**missing) if missing else records
+
+
+def _aggregate(seeds: pd.DataFrame) -> dict[str, object]:
+    seeds = seeds.sort_values("seed")
+    row = {
+        "status": "ok",
+        "seeds": len(seeds),
+        "seed": ", ".join(map(str, seeds["seed"])),
+        "top5": seeds["top5"].mean(),
+        "stable": bool(seeds["stable"].fillna(False).all()),
+    }
+    top1 = seeds["top1"].to_numpy(dtype=float)
+    latency = seeds["latency_ms_median"].to_numpy(dtype=float)
+    if len(seeds) == 1:
+        one = seeds.iloc[0]
+        return row | {
+            "top1": top1[0],
+            "top1_ci_low": np.nan,
+            "top1_ci_high": np.nan,
+            **_wilson_percent(top1[0], one["test_images"]),
+            "latency_ms_median": latency[0],
+            "latency_ms_ci_low": one["latency_ms_ci_low"],
+            "latency_ms_ci_high": one["latency_ms_ci_high"],
+        }
+    mean, low, high = t_interval(top1)
+    images = seeds["test_images"].iloc[0]
+    wilson = _wilson_percent(mean, images if seeds["test_images"].nunique() == 1 else pd.NA)
+    geometric, latency_low, latency_high = geometric_t_interval(latency)
+    return row | {
+        "top1": mean,
+        "top1_ci_low": max(min(low, wilson.get("top1_ci_low", low)), 0.0),
+        "top1_ci_high": min(max(high, wilson.get("top1_ci_high", high)), 100.0),
+        "latency_ms_median": geometric,
+        "latency_ms_ci_low": min(latency_low, seeds["latency_ms_ci_low"].min()),
+        "latency_ms_ci_high": max(latency_high, seeds["latency_ms_ci_high"].max()),
+    }
+
+
+def _wilson_percent(top1: float, images: object) -> dict[str, float]:
+    """Wilson interval of a top-1 percentage over ``images`` test images (none if unknown)."""
+    if pd.isna(images) or pd.isna(top1):
+        return {}
+    images = int(images)
+    low, high = wilson_interval(round(top1 * images / 100), images)
+    return {"top1_ci_low": 100 * low, "top1_ci_high": 100 * high}
+
+
+def _method_labels(records: pd.DataFrame) -> pd.Series:
+    """The method's name, plus its config where the records hold it with several configs."""
+    configs = records.groupby("method")["method_config"].transform("nunique")
+    return records["method"].where(configs <= 1, records["method"] + " " + records["method_config"])
+
+
+def _compare_pair(cells_a: pd.DataFrame, cells_b: pd.DataFrame) -> dict[str, object] | None:
+    """The paired comparison of two methods' cells over their common seeds (None: none)."""
+    seeds = sorted(set(cells_a["seed"]) & set(cells_b["seed"]))
+    if not seeds:
+        return None
+    correct_a, correct_b = _correctness(cells_a, seeds), _correctness(cells_b, seeds)
+    if correct_a.shape != correct_b.shape:  # different test sets: nothing to pair
+        return None
+    difference, low, high = paired_bootstrap_difference(correct_a, correct_b)
+    significant = low > 0 or high < 0
+    row = {
+        "seeds": len(seeds),
+        "top1_a": 100 * correct_a.mean(),
+        "top1_b": 100 * correct_b.mean(),
+        "top1_diff_pp": 100 * difference,
+        "diff_ci_low": 100 * low,
+        "diff_ci_high": 100 * high,
+        "only_a": pd.NA,
+        "only_b": pd.NA,
+        "mcnemar_p": np.nan,
+        "significant": significant,
+        "better": "",
+    }
+    if significant:
+        row["better"] = cells_b["label"].iloc[0] if difference > 0 else cells_a["label"].iloc[0]
+    if len(seeds) == 1:
+        test = mcnemar_exact(correct_a[0], correct_b[0])
+        row |= {"only_a": test.only_a, "only_b": test.only_b, "mcnemar_p": test.p_value}
+    return row
+
+
+def _correctness(cells: pd.DataFrame, seeds: list[int]) -> np.ndarray:
+    """(seeds, images) per-image correctness of one method's cells, in ``seeds`` order."""
+    by_seed = cells.set_index("seed")
+    return np.stack(
+        [
+            unpack_correct(by_seed.at[seed, "test_correct"], int(by_seed.at[seed, "test_images"]))
+            for seed in seeds
+        ]
+    )
+
+
+def _mcnemar_p(row: object) -> float:
+    """McNemar's p-value of one compared cell, or NaN if a record lacks per-image correctness."""
+    images = (row.test_images_a, row.test_images_b)
+    correct = (row.test_correct_a, row.test_correct_b)
+    if any(pd.isna(value) for value in (*images, *correct)) or images[0] != images[1]:
+        return np.nan
+    return mcnemar_exact(
+        unpack_correct(correct[0], int(images[0])), unpack_correct(correct[1], int(images[1]))
+    ).p_value
+
+
+def _beyond_wilson(merged: pd.DataFrame, column: str) -> pd.Series:
+    """Whether a percentage changed beyond its noise: Wilson intervals apart where both records
+    say over how many images, any difference where one does not."""
+    changed = _differs(merged, column)
+    for index, row in merged.iterrows():
+        values = (row[f"{column}_a"], row[f"{column}_b"])
+        images = (row["test_images_a"], row["test_images_b"])
+        if any(pd.isna(value) for value in (*values, *images)):
+            continue
+        (low_a, high_a), (low_b, high_b) = (
+            _wilson_bounds(value, int(n)) for value, n in zip(values, images, strict=True)
+        )
+        changed[index] = low_b > high_a or high_b < low_a
+    return changed.astype(bool)
+
+
+def _wilson_bounds(percent: float, images: int) -> tuple[float, float]:
+    low, high = wilson_interval(round(percent * images / 100), images)
+    return 100 * low, 100 * high
+
+
 def _interval(merged: pd.DataFrame, run: str) -> tuple[pd.Series, pd.Series]:
     median = merged[f"latency_ms_median_{run}"]
     return (
@@ -231,12 +504,12 @@ def _number_text(value: float, digits: int) -> str:
     return "" if pd.isna(value) else f"{value:.{digits}f}"
 
 
-def _latency_text(median: float, low: float, high: float) -> str:
-    if pd.isna(median):
+def _interval_text(value: float, low: float, high: float, digits: int) -> str:
+    if pd.isna(value):
         return ""
     if pd.isna(low) or pd.isna(high):
-        return f"{median:.3f}"
-    return f"{median:.3f} [{low:.3f}, {high:.3f}]"
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _write_tables(table: pd.DataFrame, stem: Path, title: str) -> list[Path]:
@@ -246,6 +519,23 @@ def _write_tables(table: pd.DataFrame, stem: Path, title: str) -> list[Path]:
     paths[1].write_text(f"# {title}\n\n{shown.to_markdown(index=False)}\n")
     paths[2].write_text(shown.to_latex(index=False, escape=True, caption=title))
     paths[3].write_text(f"<h1>{html.escape(title)}</h1>\n{shown.to_html(index=False)}\n")
+    return paths
+
+
+def _write_pairwise(pairwise: pd.DataFrame, stem: Path, title: str) -> list[Path]:
+    """The pairs as CSV; Markdown with who beats whom first, then every pair."""
+    paths = [stem.with_suffix(".csv"), stem.with_suffix(".md")]
+    pairwise.to_csv(paths[0], index=False)
+    wins = display_table(wins_table(pairwise))
+    pairs = display_table(pairwise[_PAIRWISE_COLUMNS])
+    paths[1].write_text(
+        f"# {title}: methods compared at the same budget\n\n"
+        "Top-1 of B minus top-1 of A on the same test images, with its paired-bootstrap 95% "
+        "interval; significant when the interval excludes 0 (no correction for the number of "
+        "pairs).\n\n"
+        f"## Who beats whom\n\n{wins.to_markdown(index=False)}\n\n"
+        f"## Every pair\n\n{pairs.to_markdown(index=False)}\n"
+    )
     return paths
 
 
@@ -268,7 +558,7 @@ def _plot_accuracy_vs_latency(table: pd.DataFrame, stem: Path, title: str) -> li
     grid.map_dataframe(partial(_draw_intervals_and_fronts, palette=palette))
     grid.set_titles("{col_name}")
     grid.set_axis_labels(
-        "median latency (ms), bars: its CI\nlines: per-method fronts, dashed: global front",
+        "median latency (ms)\nbars: 95% intervals; lines: per-method fronts, dashed: global front",
         "top-1 accuracy (%)",
     )
     return _save(grid, stem, title)
@@ -282,6 +572,10 @@ def _draw_intervals_and_fronts(data: pd.DataFrame, palette: dict[str, tuple], **
         xerr=[
             (data["latency_ms_median"] - data["latency_ms_ci_low"]).fillna(0),
             (data["latency_ms_ci_high"] - data["latency_ms_median"]).fillna(0),
+        ],
+        yerr=[
+            (data["top1"] - data["top1_ci_low"]).fillna(0),
+            (data["top1_ci_high"] - data["top1"]).fillna(0),
         ],
         fmt="none",
         ecolor="grey",

@@ -73,13 +73,22 @@ class CellRecord(BaseModel):
     latency_robust_cov: float | None = Field(
         None, description="IQR / (1.349 median): the stability gate's statistic"
     )
-    latency_ms_ci_low: float | None = Field(None, description="confidence interval of the median")
+    latency_ms_ci_low: float | None = Field(
+        None, description="95% confidence interval of the median, from the repeats' medians"
+    )
     latency_ms_ci_high: float | None = None
     latency_samples: int | None = None
+    latency_repeats: int | None = Field(None, description="repeats (fresh sessions) measured")
     stable: bool | None = None
     top1: float | None = None
     top5: float | None = None
     loss: float | None = None
+    test_images: int | None = Field(None, description="images top1 and top5 are computed over")
+    test_correct: str | None = Field(
+        None,
+        description="top-1 correctness of each test image in data-set order: base64 of "
+        "numpy.packbits (suite.run.stats.pack_correct)",
+    )
     params: int | None = None
     macs: int | None = None
     depth: int | None = Field(None, description="convolutions in the deployed network")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -62,11 +63,12 @@ class FinetuneRecipe(BaseModel):
 
 @dataclass(frozen=True)
 class Accuracy:
-    """Percentages of correct predictions, and the mean cross-entropy."""
+    """Percentages of correct predictions, the mean cross-entropy, and which images were right."""
 
     top1: float
     top5: float | None  # None when there are 5 classes or fewer: it would always be 100
     loss: float
+    correct: np.ndarray  # top-1 correctness (bool) of every image, in data-set order
 
 
 def finetune(
@@ -131,22 +133,31 @@ def finetune(
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> Accuracy:
-    """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over all of ``dataset``."""
+    """Top-1 / top-5 accuracy (%), mean cross-entropy and per-image top-1 correctness of
+    ``model`` over all of ``dataset`` (in its order, so two networks' results pair image by image).
+    """
     if len(dataset) == 0:
         raise DepthbenchError("cannot evaluate on an empty data set")
     device = next(model.parameters(), torch.empty(0)).device
     model.eval()
-    top1 = top5 = loss = 0.0
+    top5 = loss = 0.0
+    correct = []
     for images, labels in eval_loader(dataset, batch_size):
         logits = model(images.to(device))
         labels = labels.to(device)
         loss += F.cross_entropy(logits, labels, reduction="sum").item()
         ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
-        top1 += ranked[:, 0].sum().item()
+        correct.append(ranked[:, 0].cpu().numpy())
         top5 += ranked.any(dim=1).sum().item()
+    correct = np.concatenate(correct)
     count = len(dataset)
     has_top5 = logits.shape[1] > 5
-    return Accuracy(100 * top1 / count, 100 * top5 / count if has_top5 else None, loss / count)
+    return Accuracy(
+        100 * int(correct.sum()) / count,
+        100 * top5 / count if has_top5 else None,
+        loss / count,
+        correct,
+    )
 
 
 def train_base(
