@@ -44,9 +44,18 @@ def fresh_registry(monkeypatch):
 def test_in_tree_methods_and_aliases():
     names = [spec.name for spec in registry.list_methods()]
     assert names == sorted(
-        ["original", "dp-depth", "layerprune", "deeprebirth", "relu-reduction", "depthshrinker"]
+        [
+            "original",
+            "dp-depth",
+            "layermerge",
+            "layerprune",
+            "deeprebirth",
+            "relu-reduction",
+            "depthshrinker",
+        ]
     )
     assert registry.get_method("kim2023").name == "dp-depth"
+    assert registry.get_method("kim2024").name == "layermerge"
 
 
 def test_unknown_method_and_bad_config_are_named():

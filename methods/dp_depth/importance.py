@@ -53,6 +53,8 @@ from suite.run.store import config_hash
 from suite.run.train import Accuracy, FinetuneRecipe, evaluate, finetune
 
 Progress = Callable[[int, int], None]  # (entries done, entries in the table)
+# (base network, entry, reinitialise a single conv?, seed) -> the entry's trainable network
+EntryBuilder = Callable[[TracedModel, tuple, bool, int], TrainableNetwork]
 
 UPSTREAM_RECIPE = FinetuneRecipe(
     epochs=1, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-5, batch_size=256
@@ -122,12 +124,18 @@ def entry_network(
     network = trainable_network(traced, entry_plan(traced.chain, entry))
     i, j = entry[:2]
     if reinitialise and j == i + 1:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for module in network.units[str(j)].modules():
-                if isinstance(module, nn.Conv2d | nn.BatchNorm2d):
-                    module.reset_parameters()
+        reinitialise_unit(network, j, seed)
     return network
+
+
+def reinitialise_unit(network: TrainableNetwork, position: int, seed: int) -> None:
+    """Upstream ``reset_layers``: fresh conv and BN at ``position``, seeded with ``seed``, leaving
+    the caller's random state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in network.units[str(position)].modules():
+            if isinstance(module, nn.Conv2d | nn.BatchNorm2d):
+                module.reset_parameters()
 
 
 @dataclass(frozen=True)
@@ -139,11 +147,12 @@ class EntryScorer:
     recipe: FinetuneRecipe
     fidelity: Fidelity
     base: Accuracy  # of the base network on the holdout
+    build: EntryBuilder = entry_network  # a module-level function, so that workers can unpickle it
 
     def __call__(self, entry: Entry) -> tuple[Entry, EntryScore]:
         """Build, (at full fidelity) re-initialise and fine-tune, and score one entry's network."""
         full = self.fidelity == "full"
-        network = entry_network(self.traced, entry, reinitialise=full, seed=self.recipe.seed)
+        network = self.build(self.traced, entry, full, self.recipe.seed)
         if full:
             teacher = self.traced.model if self.recipe.kd_weight > 0 else None
             finetune(network, self.data, self.recipe, teacher=teacher)
@@ -165,12 +174,13 @@ def importance_table(
     cache_dir: Path,
     executor: Executor | None = None,
     progress: Progress | None = None,
+    build: EntryBuilder = entry_network,
 ) -> ImportanceTable:
     """Measure (or read from the cache) every entry of ``entries`` for the base network ``traced``.
 
     ``recipe`` is the short fine-tune of each entry (unused at ``smoke`` fidelity); ``executor``
     runs the missing entries (in this process when None), in any order; each result is cached as
-    it arrives.
+    it arrives. ``build`` makes an entry's network (another method's entries: LayerMerge's).
     """
     cache = EntryCache(table_cache_dir(cache_dir, traced, data, recipe, fidelity))
     scores = {entry: score for entry in entries if (score := cache.read(entry)) is not None}
@@ -179,7 +189,8 @@ def importance_table(
     if progress:
         progress(cached, len(entries))
     if missing:
-        scorer = EntryScorer(traced, data, recipe, fidelity, evaluate(traced.model, data.holdout))
+        base = evaluate(traced.model, data.holdout)
+        scorer = EntryScorer(traced, data, recipe, fidelity, base, build)
         for entry, score in (executor or InProcessExecutor()).map(scorer, missing):
             cache.write(entry, score)
             scores[entry] = score

@@ -28,7 +28,8 @@ within the target.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -167,17 +168,23 @@ def knapsack_precision(tables: Tables) -> float:
     """Upstream's units per ms for the family, made finer for tables faster than upstream's.
 
     Upstream solves VGG19 at prec 10 and MobileNetV2 at 20. A plain chain (no residual
-    connections, no linear bottlenecks) is VGG's family and gets 10; every other chain gets 20.
-    At those precisions a CPU table of 0.01 ms segments would round every segment to 0 units and
-    the budget would constrain nothing; so the single-unit segments together span at least
-    ``MIN_BUDGET_UNITS`` units, as upstream's MobileNetV2-1.0 table does. Upstream's own tables
-    keep upstream's precision.
+    connections, no linear bottlenecks) is VGG's family and gets 10; every other chain gets 20
+    (``precision_for``). Upstream's own tables keep upstream's precision.
     """
     chain = tables.chain
     plain = not chain.residuals and not chain.block_ends
     family_prec = UPSTREAM_PREC_PLAIN if plain else UPSTREAM_PREC
     singles = sum(tables.latency[(p - 1, p)] for p in range(1, chain.L + 1))
-    return max(family_prec, MIN_BUDGET_UNITS / singles)
+    return precision_for(singles, family_prec, MIN_BUDGET_UNITS)
+
+
+def precision_for(single_unit_ms: float, upstream_prec: float, min_units: int) -> float:
+    """Upstream's ``upstream_prec`` units per ms, or finer so that the single-unit segments
+    (``single_unit_ms`` in all) span at least ``min_units`` units, as upstream's MobileNetV2-1.0
+    table does: at upstream's precision a CPU table of 0.01 ms segments would round every segment
+    to 0 units and the budget would constrain nothing.
+    """
+    return max(upstream_prec, min_units / single_unit_ms)
 
 
 def plan_at(tables: Tables, t0: float, prec: float, solver: Solver = "upstream") -> Plan:
@@ -219,25 +226,45 @@ def to_plan(solution: Solution, t0: float, prec: float, fidelity: Fidelity) -> P
 def search_t0(
     ctx: PlanContext, tables: Tables, prec: float, target_ms: float, solver: Solver = "upstream"
 ) -> Plan:
-    """The plan of the largest T0 whose deploy network measures at most ``target_ms``.
-
-    Bisection over integer knapsack units B, from the sum of the single-unit segments down to
-    the fastest fusion T_opt(0, L); unit B is solved at T0 = (B + ½) / prec, so that
-    ⌊prec·T0⌋ = B whatever the float rounding. Measured latency need not be monotone in T0;
-    bisection assumes it is, and the plan it returns was measured within the target.
-    """
+    """The plan of the largest T0 whose deploy network measures at most ``target_ms``, searched
+    between the fastest fusion T_opt(0, L) and the sum of the single-unit segments."""
     L = tables.chain.L
     # the fastest fusion of the whole chain is a shortest path, not a valid segment, so only the
     # exact stage 1 fills it; a plan of its segments fits this bound under either solver (the
     # upstream one also needs at least 1 unit, which only a table near 0 ms lacks)
     fastest = optimal_merge_table(L, tables.segments, tables.latency, "exact").time[(0, L)]
-    low = math.floor(prec * fastest)
-    high = math.ceil(prec * sum(tables.latency[(p - 1, p)] for p in range(1, L + 1)))
+    singles = sum(tables.latency[(p - 1, p)] for p in range(1, L + 1))
+    return bisect_t0(
+        ctx,
+        lambda t0: plan_at(tables, t0, prec, solver),
+        (math.floor(prec * fastest), math.ceil(prec * singles)),
+        prec,
+        target_ms,
+        what="dp-depth: even the fastest fusion",
+    )
+
+
+def bisect_t0(
+    ctx: PlanContext,
+    plan_at_t0: Callable[[float], Plan],
+    units: tuple[int, int],
+    prec: float,
+    target_ms: float,
+    what: str,
+) -> Plan:
+    """The plan of the largest T0 whose deploy network measures at most ``target_ms``.
+
+    Bisection over integer knapsack units B in ``units`` = (fastest plan, original network); unit
+    B is solved at T0 = (B + ½) / prec, so that ⌊prec·T0⌋ = B whatever the float rounding.
+    Measured latency need not be monotone in T0; bisection assumes it is, and the plan it returns
+    was measured within the target. ``what`` names the fastest plan when even it is too slow.
+    """
+    low, high = units
     steps = math.ceil(math.log2(high - low + 1)) + 2
     tried: dict[int, tuple[Plan, float]] = {}
 
     def fits(units: int) -> bool:
-        plan = plan_at(tables, (units + 0.5) / prec, prec, solver)
+        plan = plan_at_t0((units + 0.5) / prec)
         tried[units] = (plan, ctx.measure_plan(plan).median_ms)
         ctx.report("T0 search", len(tried), steps)
         return tried[units][1] <= target_ms
@@ -246,9 +273,8 @@ def search_t0(
         best = high
     elif not fits(low):
         raise Infeasible(
-            f"dp-depth: even the fastest fusion (T0 = {(low + 0.5) / prec:g} table units) "
-            f"measures {tried[low][1]:.4g} ms under {ctx.profile.name}, above the budget "
-            f"{target_ms:.4g} ms"
+            f"{what} (T0 = {(low + 0.5) / prec:g} table units) measures {tried[low][1]:.4g} ms"
+            f" under {ctx.profile.name}, above the budget {target_ms:.4g} ms"
         )
     else:
         while high - low > 1:
@@ -258,4 +284,4 @@ def search_t0(
     plan, latency = tried[best]
     search = [[candidate.meta["T0"], ms] for _, (candidate, ms) in sorted(tried.items())]
     meta = {**plan.meta, "target_ms": target_ms, "measured_ms": latency, "T0_search": search}
-    return Plan(plan.activations, plan.boundaries, method=plan.method, meta=meta)
+    return replace(plan, meta=meta)

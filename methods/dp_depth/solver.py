@@ -279,7 +279,7 @@ def knapsack(steps: list[Step], budget_units: int, solver: Solver = "upstream") 
         candidate[step.cost :] = value[source][: axis - step.cost] + step.importance
         candidate_used = np.zeros(axis, dtype=np.int64)
         candidate_used[step.cost :] = used[source][: axis - step.cost] + step.cost
-        better = _improves(candidate, candidate_used, value[target], used[target])
+        better = improves(candidate, candidate_used, value[target], used[target])
         value[target][better] = candidate[better]
         used[target][better] = candidate_used[better]
         choice[target][better] = index
@@ -525,7 +525,7 @@ def _score_merge(
     return best.get(len(points) - 1)
 
 
-def _improves(
+def improves(
     candidate: np.ndarray, candidate_used: np.ndarray, best: np.ndarray, best_used: np.ndarray
 ) -> np.ndarray:
     """Upstream's comparison: higher after rounding to 7 decimals; on a tie, less time used."""

@@ -19,6 +19,7 @@ boundaries into one conv. Which segments may be fused is decided here, once, for
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -173,13 +174,16 @@ class Chain:
             if self.is_valid_segment(i, j, rule)
         ]
 
-    def merged_spec(self, i: int, j: int) -> ConvSpec:
+    def merged_spec(self, i: int, j: int, kept: Iterable[int] | None = None) -> ConvSpec:
         """Shape of the one conv that segment (i, j] merges into (see ``suite.core.merge``).
 
         Kernel K = k1 + (k2 - 1) * s1 and stride s1 * s2 compose left to right; padding is all moved
         to the input; the result keeps ``groups`` only when every conv shares it (else it is dense).
+        ``kept`` (ascending positions in (i, j]) merges only those units, the others being pruned
+        to the identity (deleted units inside a kept merge group, see ``suite.core.plan``).
         """
-        convs = [self.unit(p).conv for p in range(i + 1, j + 1)]
+        positions = range(i + 1, j + 1) if kept is None else kept
+        convs = [self.unit(p).conv for p in positions]
         kernel, stride, padding = convs[0].kernel, convs[0].stride, convs[0].padding
         for conv in convs[1:]:
             kernel += (conv.kernel - 1) * stride

@@ -3,8 +3,11 @@
 - A (``activations``): positions that keep an activation; all others become identities.
 - S (``boundaries``): merge boundaries, S ⊇ A; the units between consecutive elements of
   S ∪ {0, L} are fused into one conv. Position L always ends a group.
-- D (``deleted``): units replaced by the identity (layer-removal methods); only whole residual blocks
-  with identity shortcuts, or single shape-preserving units outside any block.
+- D (``deleted``): units replaced by the identity. A merge group whose units are all deleted is
+  removed (layer-removal methods): only whole residual blocks with identity shortcuts, which lose
+  their skip too, or single shape-preserving units outside any block. A deleted unit in a group
+  that keeps a unit is a *pruned conv* (LayerMerge): that conv and its BN become the identity, every
+  skip stays (an emptied residual block computes x + x), and the unit must preserve its shape.
 - R (``replaced``): segments replaced by one new, freshly initialised conv (DeepRebirth); may absorb
   the pool at the segment's end.
 """
@@ -179,14 +182,20 @@ def _check_replacement(r: Replacement, groups: list[tuple[int, int]], chain: Cha
 
 
 def _check_deleted(deleted: frozenset[int], groups: list[tuple[int, int]], chain: Chain) -> None:
-    for i, j in groups:
-        inside = set(range(i + 1, j + 1))
-        if inside & deleted and not inside <= deleted:
-            p = min(inside - deleted)
+    pruned = {
+        p
+        for i, j in groups
+        if not set(range(i + 1, j + 1)) <= deleted
+        for p in deleted & set(range(i + 1, j + 1))
+    }
+    for p in sorted(pruned):
+        if chain.shapes[p - 1] != chain.shapes[p]:
             raise DepthbenchError(
-                f"plan: merge group ({i}, {j}] mixes deleted units with the kept unit {p}"
+                f"plan: pruning unit {p} (deleted inside a kept merge group) changes the feature "
+                f"shape {chain.shapes[p - 1]} -> {chain.shapes[p]}; only shape-preserving convs "
+                "may be pruned"
             )
-    for p in sorted(deleted):
+    for p in sorted(deleted - pruned):
         block = next((r for r in chain.residuals if r.source < p <= r.target), None)
         if block is None:
             if chain.shapes[p - 1] != chain.shapes[p]:

@@ -11,6 +11,11 @@ Borders: a group (i, j] ends with border e_j = 0, and an unpadded conv with stri
 padding p turns border e into (e - p) / s, so e_{p-1} = s_p * e_p + p_p, and the group's padding is
 e_i. A skip x_s -> x_t inside a group reads x_s (zero-padded by e_i when s = i) from offset
 e_s - stride * e_t, which is where the merged kernel's skip tap lands (``suite.core.merge.add``).
+
+Pruned units (deleted units inside a group that keeps a unit, LayerMerge) are the identity: they
+leave the border unchanged (e_{p-1} = e_p), the group's padding goes to its first *kept* conv, and
+the maps before that conv carry no border yet; in the deploy network each is an identity 1x1 conv
+(diagonal, so it keeps a depthwise group depthwise), composed like any unit.
 """
 
 from __future__ import annotations
@@ -29,13 +34,23 @@ from suite.core.trace import TracedModel
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 
 
-def group_borders(traced: TracedModel, i: int, j: int) -> dict[int, int]:
-    """e_p for p in i..j of merge group (i, j]; e_i is the padding of the group's first conv."""
+def group_borders(
+    traced: TracedModel, i: int, j: int, pruned: frozenset[int] = frozenset()
+) -> dict[int, int]:
+    """e_p for p in i..j of merge group (i, j]; e_i is the padding of the group's first kept conv.
+
+    ``pruned`` units are the identity and leave the border unchanged."""
     borders = {j: 0}
     for p in range(j, i, -1):
         conv = traced.chain.unit(p).conv
-        borders[p - 1] = conv.stride * borders[p] + conv.padding
+        borders[p - 1] = borders[p] if p in pruned else conv.stride * borders[p] + conv.padding
     return borders
+
+
+def held_borders(borders: dict[int, int], first_kept: int) -> dict[int, int]:
+    """The borders the trainable network's maps actually carry: none before the first kept conv
+    (the group's input and the pruned units before that conv), e_p from it on."""
+    return {p: (e if p >= first_kept else 0) for p, e in borders.items()}
 
 
 class TrainableNetwork(nn.Module):
@@ -59,11 +74,12 @@ class TrainableNetwork(nn.Module):
         for i, j in self.groups:
             if (i, j) in replaced:
                 self.replacements[_key(i, j)] = _replacement(traced, replaced[(i, j)])
-            elif i + 1 not in plan.deleted:
-                self.borders[(i, j)] = group_borders(traced, i, j)
-                for p in range(i + 1, j + 1):
+            elif kept := _kept_units(plan, i, j):
+                borders = group_borders(traced, i, j, plan.deleted)
+                self.borders[(i, j)] = held_borders(borders, kept[0])
+                for p in kept:
                     conv = copy.deepcopy(traced.conv(p))
-                    conv.padding = (self.borders[(i, j)][i],) * 2 if p == i + 1 else (0, 0)
+                    conv.padding = (borders[i],) * 2 if p == kept[0] else (0, 0)
                     self.units[str(p)] = nn.Sequential(conv, copy.deepcopy(traced.bn(p)))
         for target, shortcut in traced.shortcuts.items():
             if shortcut is not None:
@@ -84,7 +100,8 @@ class TrainableNetwork(nn.Module):
             elif (i, j) in self.borders:
                 borders = self.borders[(i, j)]
                 for p in range(i + 1, j + 1):
-                    x = self._add_skip(self.units[str(p)](x), p, i, features, borders)
+                    y = self.units[str(p)](x) if str(p) in self.units else x  # pruned: identity
+                    x = self._add_skip(y, p, i, features, borders)
                     if p in self.sources and p < j:
                         features[p] = x
             else:  # deleted units are the identity
@@ -101,13 +118,13 @@ class TrainableNetwork(nn.Module):
         if residual is None or (residual.source >= start and not borders):
             return x  # no skip, or one folded into a replacement conv
         s = residual.source
-        needed = borders.get(s, 0) if s >= start else 0
-        stored = borders.get(s, 0) if s > start else 0
+        held = borders.get(s, 0) if s >= start else 0  # the border x_s carries
         stride = residual.projection.stride if residual.projection is not None else 1
+        wanted = stride * borders.get(target, 0)  # what the skip must carry to match x_t
         skip = features[s]
-        if needed > stored:
-            skip = F.pad(skip, [needed - stored] * 4)
-        offset = needed - stride * borders.get(target, 0)
+        if wanted > held:
+            skip = F.pad(skip, [wanted - held] * 4)
+        offset = max(held - wanted, 0)
         skip = skip[..., offset:, offset:]
         if str(target) in self.shortcuts:
             skip = self.shortcuts[str(target)](skip)
@@ -133,7 +150,7 @@ class DeployNetwork(nn.Module):
         self.head = copy.deepcopy(trainable.head)
         self.act = copy.deepcopy(trainable.act)
         self.pools = copy.deepcopy(trainable.pools)
-        kept = [(i, j) for i, j in self.groups if i + 1 not in self.plan.deleted]
+        kept = [(i, j) for i, j in self.groups if _kept_units(self.plan, i, j)]
         self.convs = nn.ModuleDict(
             {_key(i, j): _merge_group(trainable, i, j).to_conv() for i, j in kept}
         )
@@ -182,8 +199,12 @@ def _merge_group(net: TrainableNetwork, i: int, j: int) -> AffineConv:
     maps: dict[int, AffineConv | None] = {i: None}
     merged: AffineConv | None = None
     for p in range(i + 1, j + 1):
-        conv, bn = net.units[str(p)]
-        unit = replace(AffineConv.from_conv_bn(conv, bn), padding=chain.unit(p).conv.padding)
+        if str(p) in net.units:
+            conv, bn = net.units[str(p)]
+            unit = replace(AffineConv.from_conv_bn(conv, bn), padding=chain.unit(p).conv.padding)
+        else:  # a pruned unit
+            like = next(net.units.parameters())
+            unit = AffineConv.identity(chain.unit(p).conv.out_channels, like)
         merged = unit if merged is None else compose(merged, unit)
         residual = chain.residual_into(p)
         if residual is not None and residual.source >= i:
@@ -226,6 +247,11 @@ def _replacement(traced: TracedModel, r) -> nn.Sequential:
         spec.in_channels, spec.out_channels, kernel, stride, padding, groups=spec.groups, bias=False
     )
     return nn.Sequential(conv, nn.BatchNorm2d(spec.out_channels))
+
+
+def _kept_units(plan: Plan, i: int, j: int) -> list[int]:
+    """The units of group (i, j] that are not deleted; none: the group is removed."""
+    return [p for p in range(i + 1, j + 1) if p not in plan.deleted]
 
 
 def _key(i: int, j: int) -> str:

@@ -24,6 +24,7 @@ ENTRY_POINT_GROUP = "depthbench.methods"
 IN_TREE = (
     "methods.original",
     "methods.dp_depth.method",
+    "methods.layermerge.method",
     "methods.layerprune",
     "methods.deeprebirth",
     "methods.relu_reduction",

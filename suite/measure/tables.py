@@ -31,7 +31,7 @@ import os
 import sqlite3
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -85,8 +85,12 @@ class SegmentSignature:
         )
 
 
-def segment_signature(chain: Chain, i: int, j: int, batch: int) -> SegmentSignature:
-    spec = chain.merged_spec(i, j)
+def segment_signature(
+    chain: Chain, i: int, j: int, batch: int, kept: Iterable[int] | None = None
+) -> SegmentSignature:
+    """The segment's merged conv; with ``kept``, only those units merged (a LayerMerge option,
+    the other units pruned). The signature is the conv's shape, so a cached row serves both."""
+    spec = chain.merged_spec(i, j, kept)
     return SegmentSignature(
         **asdict(spec), input_shape=chain.shapes[i], batch=batch, activation=chain.act_kind
     )
@@ -298,6 +302,44 @@ def build_table(
         cached=cached,
         remeasured=len(corrupt),
     )
+
+
+def measure_signatures(
+    signatures: Mapping[Hashable, SegmentSignature],
+    profile: Profile,
+    cache: TableCache | None = None,
+    progress: Progress | None = None,
+) -> dict[Hashable, SegmentLatency]:
+    """The latency of each signature's standalone conv under ``profile`` (measuring profiles only),
+    read from ``cache`` when it holds an intact row, else measured and cached; ``progress(done,
+    total)`` counts distinct signatures. For tables keyed by more than a segment (LayerMerge's
+    options); corrupt rows are measured again with a ``CorruptCacheRowWarning``."""
+    if profile.is_replay:
+        raise DepthbenchError(
+            f"profile {profile.name!r} replays a table of whole segments and measures nothing;"
+            " use a measuring profile"
+        )
+    get_backend(profile.backend).check_available(profile)
+    distinct = {sig.key: sig for sig in signatures.values()}
+    found, corrupt = cache.read(profile.hash, list(distinct)) if cache else ({}, [])
+    for key in corrupt:
+        warnings.warn(
+            f"latency cache {cache.path}: the row for profile {profile.hash}, segment {key} failed "
+            "its checksum; measuring it again",
+            CorruptCacheRowWarning,
+            stacklevel=2,
+        )
+    missing = [key for key in distinct if key not in found]
+    with tempfile.TemporaryDirectory(prefix="depthbench-table-") as workdir:
+        for done, key in enumerate(missing):
+            if progress:
+                progress(len(distinct) - len(missing) + done, len(distinct))
+            found[key] = _measure_segment(distinct[key], profile, Path(workdir))
+            if cache:
+                cache.write(profile.hash, key, found[key])
+    if progress:
+        progress(len(distinct), len(distinct))
+    return {name: found[sig.key] for name, sig in signatures.items()}
 
 
 def _measure_segment(
