@@ -37,14 +37,14 @@ Interpreted (the paper chooses its layers by hand and has no budget; notes §3):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from suite.core.budget import Budget
 from suite.core.chain import Chain
-from suite.core.method import MethodResult, PlanContext, meet_budget
+from suite.core.method import MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan, Replacement
 from suite.core.realize import TrainableNetwork, trainable_network
 from suite.core.registry import register_method
@@ -112,7 +112,7 @@ def layerwise_rebirth(ctx: PlanContext, plan: Plan, config: DeepRebirthConfig) -
                 wanted = step.state_dict().keys()
                 reached = {k: v for k, v in network.state_dict().items() if k in wanted}
                 step.load_state_dict(reached, strict=False)  # only the new layer starts afresh
-            new_layer = step.replacements[f"{new.start}_{new.end}"]
+            new_layer = step.replacement((new.start, new.end))
             scale = {parameter: config.new_layer_lr_scale for parameter in new_layer.parameters()}
             network = finetune(step, ctx.data, recipe, teacher=teacher, lr_scale=scale)
             ctx.report("deeprebirth layer-wise", done, len(plan.replaced))
@@ -141,16 +141,10 @@ def plan_deeprebirth(ctx: PlanContext, budget: Budget, config: DeepRebirthConfig
         for op in operations(chain)
     }
     ranked = sorted(saving, key=lambda op: -saving[op])
-
-    def slimmer() -> Iterator[Plan]:
-        replaced: tuple[Replacement, ...] = ()
-        yield rebirth_plan(chain, replaced)
-        for op in ranked:
-            replaced = join(replaced, op)
-            yield rebirth_plan(chain, replaced)
-
     what = f"deeprebirth, applying up to all {len(ranked)} operations"
-    plan = meet_budget(slimmer(), ctx, budget, what)
+    plan, _ = walk_ranking(
+        ranked, lambda ops: rebirth_plan(chain, functools.reduce(join, ops, ())), ctx, budget, what
+    )
     meta = {"savings_ms": [[op.start, op.end, op.absorb_pool, ms] for op, ms in saving.items()]}
     if not plan.replaced:
         return MethodResult(plan, meta=meta)

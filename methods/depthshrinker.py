@@ -42,7 +42,6 @@ Interpreted (the notes' proposals):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Literal
 
 import pandas as pd
@@ -53,7 +52,7 @@ from torch import nn
 
 from suite.core.budget import Budget
 from suite.core.chain import Chain
-from suite.core.method import Infeasible, MethodResult, PlanContext, meet_budget
+from suite.core.method import Infeasible, MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan
 from suite.core.realize import ACTIVATIONS, trainable_network
 from suite.core.registry import register_method
@@ -132,13 +131,9 @@ def plan_depthshrinker(
     steps = SMOKE_SEARCH_STEPS if ctx.fidelity == "smoke" else config.search_steps
     scores = search_keep_scores(ctx, blocks, savings, keep, steps, config.latency_weight)
     ranking = sorted(range(len(blocks)), key=lambda b: -scores[b])  # kept longest first
-
-    def shrinking() -> Iterator[Plan]:
-        for k in range(len(blocks), -1, -1):
-            yield shrink_plan(chain, blocks, set(ranking[k:]))
-
-    plan = meet_budget(
-        shrinking(), ctx, budget, "depthshrinker, shrinking blocks along the learned ranking"
+    what = "depthshrinker, shrinking blocks along the learned ranking"
+    plan, _ = walk_ranking(  # k steps down: the block kept shortest is shrunk first
+        ranking[::-1], lambda some: shrink_plan(chain, blocks, set(some)), ctx, budget, what
     )
     meta = {
         "block_savings_ms": savings,
@@ -205,7 +200,7 @@ def search_keep_scores(
         mask = _TopKMask(len(blocks), keep)
         activation = ACTIVATIONS[chain.act_kind]()
         for position, block in inner.items():
-            network.units[str(position)].register_forward_hook(_masked(mask, block, activation))
+            network.unit(position).register_forward_hook(_masked(mask, block, activation))
         optimizer = torch.optim.SGD(
             [
                 {"params": network.parameters(), "weight_decay": recipe.weight_decay},

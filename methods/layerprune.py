@@ -37,7 +37,6 @@ Interpreted:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,7 +47,7 @@ from torch import nn
 
 from suite.core.budget import Budget
 from suite.core.chain import Chain
-from suite.core.method import MethodResult, PlanContext, meet_budget
+from suite.core.method import MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan
 from suite.core.realize import trainable_network
 from suite.core.registry import register_method
@@ -121,7 +120,7 @@ def _taylor_gate(ctx: PlanContext, positions: list[int], batches: int) -> dict[i
         p: torch.ones(ctx.chain.unit(p).conv.out_channels, requires_grad=True) for p in positions
     }
     for p, gate in gates.items():
-        network.units[str(p)].register_forward_hook(_gated(gate))
+        network.unit(p).register_forward_hook(_gated(gate))
     scores = {p: torch.zeros_like(gate) for p, gate in gates.items()}
     loader = train_loader(ctx.data.train, ctx.recipe.batch_size, ctx.seed)
     count = min(batches, len(loader))
@@ -173,21 +172,13 @@ def plan_layerprune(ctx: PlanContext, budget: Budget, config: LayerPruneConfig) 
     gated = sorted({p for block in blocks for p in block.gated})
     criteria = filter_criteria(ctx, config.criterion, gated, batches)
     importance = [block_importance(block, criteria) for block in blocks]
-    ranking = sorted(range(len(blocks)), key=lambda b: importance[b])
-
-    def pruning() -> Iterator[Plan]:
-        for count in range(len(blocks) + 1):
-            yield prune_plan(chain, [blocks[b] for b in ranking[:count]])
-
-    plan = meet_budget(
-        pruning(), ctx, budget, f"layerprune, removing up to all {len(blocks)} candidate blocks"
-    )
+    ranking = [blocks[b] for b in sorted(range(len(blocks)), key=importance.__getitem__)]
+    what = f"layerprune, removing up to all {len(blocks)} candidate blocks"
+    plan, removed = walk_ranking(ranking, lambda some: prune_plan(chain, some), ctx, budget, what)
     meta = {
         "criterion": config.criterion,
         "candidates": [list(block.units) for block in blocks],
         "importance": importance,
-        "removed_blocks": [
-            list(blocks[b].units) for b in ranking if blocks[b].units[0] in plan.deleted
-        ],
+        "removed_blocks": [list(block.units) for block in removed],
     }
     return MethodResult(plan, meta=meta)

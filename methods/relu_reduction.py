@@ -30,14 +30,12 @@ Interpreted:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Subset
 
 from suite.core.budget import Budget
 from suite.core.chain import Chain
-from suite.core.method import MethodResult, PlanContext, meet_budget
+from suite.core.method import MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan
 from suite.core.realize import trainable_network
 from suite.core.registry import register_method
@@ -120,16 +118,9 @@ def plan_relu_reduction(
     positions = candidates(chain)
     sensitivity = sensitivities(ctx, positions, config)
     ranking = [p for _, p in sorted(zip(sensitivity, positions, strict=True))]
-
-    def shallower() -> Iterator[Plan]:
-        for count in range(len(ranking) + 1):
-            yield shallow_plan(chain, set(ranking[:count]))
-
     what = f"relu-reduction, removing up to all {len(ranking)} candidate activations"
-    plan = meet_budget(shallower(), ctx, budget, what)
-    meta = {
-        "candidates": positions,
-        "sensitivity": sensitivity,
-        "removed": [p for p in ranking if p not in plan.activations],
-    }
+    plan, removed = walk_ranking(
+        ranking, lambda some: shallow_plan(chain, set(some)), ctx, budget, what
+    )
+    meta = {"candidates": positions, "sensitivity": sensitivity, "removed": removed}
     return MethodResult(plan, meta=meta)

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from suite.cli.report import register
 from suite.core.budget import Budget
 from suite.errors import DepthbenchError
+from suite.provenance import config_hash
 from suite.run.report import compare_runs, pareto_front, results_table, write_report
-from suite.run.store import CellRecord, ResultsStore, config_hash, records_frame
+from suite.run.store import CellRecord, ResultsStore, records_frame
 
 CPU = ("cpu-onnxruntime", "c" * 64)
 GPU = ("rtx2080ti-replay", "d" * 64)

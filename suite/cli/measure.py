@@ -14,6 +14,7 @@ import yaml
 from rich.markup import escape
 from rich.table import Table
 
+from suite.cache import LATENCY_TABLES, cache_root
 from suite.console import console, err_console, progress_bar, user_errors
 from suite.errors import DepthbenchError
 from suite.measure.backends import get_backend
@@ -27,7 +28,7 @@ from suite.measure.profiles import (
     profile_files,
     read_profile,
 )
-from suite.measure.tables import TableCache, additivity, build_table, default_cache_path
+from suite.measure.tables import TableCache, additivity, build_table
 
 DEFAULT_PROFILE = "cpu-onnxruntime"
 DEFAULT_RESOLUTION = 224
@@ -182,7 +183,9 @@ def table_command(
         profile = load_profile(profile_name)
         size = _resolution(profile, resolution)
         traced = trace_model(model, width=width, num_classes=num_classes, resolution=size)
-        cache = None if profile.is_replay else TableCache(cache_path or default_cache_path())
+        cache = (
+            None if profile.is_replay else TableCache(cache_path or cache_root() / LATENCY_TABLES)
+        )
         with progress_bar() as bar:
             task = bar.add_task("segments", total=None)
             table = build_table(

@@ -28,6 +28,7 @@ from rich.markup import escape
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from suite.cache import BASE_WEIGHTS, cache_root
 from suite.console import console, progress_bar, user_errors
 from suite.core.budget import Budget
 from suite.core.method import PlanContext
@@ -37,7 +38,6 @@ from suite.core.registry import get_method
 from suite.core.trace import TracedModel, trace_model
 from suite.errors import DepthbenchError
 from suite.measure.profiles import load_profile
-from suite.measure.tables import default_cache_path
 from suite.run.cell import plan_context, run_cell
 from suite.run.data import load_data
 from suite.run.train import FinetuneRecipe, load_checkpoint, train_base
@@ -195,7 +195,7 @@ def setup_context(setup: CellSetup, recipe: FinetuneRecipe, bar: Progress) -> Pl
         setup.model,
         data,
         BASE_RECIPE,
-        default_cache_path().parent / "base",
+        cache_root() / BASE_WEIGHTS,
         width=setup.width,
         progress=lambda done, total: report("train the base network", done, total),
     )
@@ -207,7 +207,7 @@ def setup_context(setup: CellSetup, recipe: FinetuneRecipe, bar: Progress) -> Pl
         recipe,
         fidelity=setup.fidelity.value,
         seed=setup.seed,
-        cache_dir=None if profile.is_replay else default_cache_path().parent,
+        cache_dir=None if profile.is_replay else cache_root(),
         progress=report,
     )
 

@@ -74,17 +74,25 @@ class TrainableNetwork(nn.Module):
         )
         self.sources = {r.source for r in chain.residuals}
 
+    def unit(self, position: int) -> nn.Sequential:
+        """Unit ``position`` as it trains: (conv, BN), its padding moved as its merge group needs."""
+        return self.units[str(position)]
+
+    def replacement(self, segment: tuple[int, int]) -> nn.Sequential:
+        """The new (conv, BN) that replaces the merge group ``segment`` = (start, end)."""
+        return self.replacements[_key(*segment)]
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.stem(images)
         features = {0: x}
         for i, j in self.groups:
             if _key(i, j) in self.replacements:
-                x = self.replacements[_key(i, j)](x)
+                x = self.replacement((i, j))(x)
                 x = self._add_skip(x, j, i, features, {})
             elif (i, j) in self.borders:
                 borders = self.borders[(i, j)]
                 for p in range(i + 1, j + 1):
-                    x = self._add_skip(self.units[str(p)](x), p, i, features, borders)
+                    x = self._add_skip(self.unit(p)(x), p, i, features, borders)
                     if p in self.sources and p < j:
                         features[p] = x
             else:  # deleted units are the identity
@@ -176,13 +184,13 @@ def deploy_network(trainable: TrainableNetwork) -> DeployNetwork:
 def _merge_group(net: TrainableNetwork, i: int, j: int) -> AffineConv:
     """Fold the units of group (i, j] and the skips it contains into one affine conv."""
     if _key(i, j) in net.replacements:
-        conv, bn = net.replacements[_key(i, j)]
+        conv, bn = net.replacement((i, j))
         return AffineConv.from_conv_bn(conv, bn)
     chain = net.chain
     maps: dict[int, AffineConv | None] = {i: None}
     merged: AffineConv | None = None
     for p in range(i + 1, j + 1):
-        conv, bn = net.units[str(p)]
+        conv, bn = net.unit(p)
         unit = replace(AffineConv.from_conv_bn(conv, bn), padding=chain.unit(p).conv.padding)
         merged = unit if merged is None else compose(merged, unit)
         residual = chain.residual_into(p)

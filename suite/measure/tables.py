@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sqlite3
 import tempfile
 import warnings
@@ -89,12 +88,6 @@ class SegmentLatency:
     cov: float
     n: int
     stable: bool
-
-
-def default_cache_path() -> Path:
-    """``$XDG_CACHE_HOME/depthbench/latency_tables.sqlite`` (``~/.cache`` without XDG)."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "depthbench" / "latency_tables.sqlite"
 
 
 class TableCache:

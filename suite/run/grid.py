@@ -37,6 +37,7 @@ import torch
 from rich.markup import escape
 from rich.progress import Progress, TaskID
 
+from suite.cache import BASE_WEIGHTS, cache_root
 from suite.console import progress_bar
 from suite.core.budget import Budget
 from suite.core.method import PlanContext
@@ -44,12 +45,12 @@ from suite.core.trace import TracedModel, trace_model
 from suite.errors import DepthbenchError
 from suite.measure.harness import capture_environment
 from suite.measure.profiles import Profile, load_profile
-from suite.measure.tables import default_cache_path
+from suite.provenance import code_version, config_hash
 from suite.run.cell import plan_context, run_cell
 from suite.run.config import DatasetConfig, Experiment
 from suite.run.data import DataSplits, load_data
 from suite.run.executors import Executor, Resources
-from suite.run.store import CellRecord, ResultsStore, code_version, config_hash, read_consolidated
+from suite.run.store import CellRecord, ResultsStore, read_consolidated
 from suite.run.train import load_checkpoint, train_base
 
 ORIGINAL = "original"
@@ -168,7 +169,7 @@ def base_weights(
         experiment.model.name,
         experiment_data(experiment.dataset),
         experiment.base.train,
-        default_cache_path().parent / "base",
+        cache_root() / BASE_WEIGHTS,
         width=experiment.model.width,
         progress=report,
     )
@@ -302,9 +303,7 @@ def make_cell_runner(
             )
     weights = base_weights(experiment, progress)
     traced = base_network(experiment, weights)
-    return CellRunner(
-        experiment, weights, traced.chain.name, run_id, code_version(), default_cache_path().parent
-    )
+    return CellRunner(experiment, weights, traced.chain.name, run_id, code_version(), cache_root())
 
 
 def _by_profile(cells: list[Cell]) -> list[tuple[Profile, list[Cell]]]:
