@@ -1,5 +1,5 @@
 """deeprebirth: Li, Wang, Kong, "DeepRebirth: Accelerating Deep Neural Network Execution on Mobile
-Devices", AAAI 2018; specification: docs/baselines-notes.md §3.
+Devices", AAAI 2018; documented in docs/methods/deeprebirth.md.
 
 The algorithm box, as ``plan_deeprebirth`` runs it:
 
@@ -47,11 +47,13 @@ from suite.core.chain import Chain
 from suite.core.method import MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan, Replacement
 from suite.core.realize import TrainableNetwork, trainable_network
-from suite.core.registry import register_method
+from suite.core.registry import applies_where, register_method
 from suite.run.train import FinetuneRecipe, finetune
 
 PAPER = "Li, Wang, Kong, AAAI 2018: DeepRebirth: Accelerating DNN Execution on Mobile Devices"
 SMOKE_LAYERWISE_STEPS = 2
+
+UNSUPPORTED = "it has no pool to absorb, no block and no pair of adjacent convs to replace"
 
 
 class DeepRebirthConfig(BaseModel):
@@ -125,13 +127,12 @@ def _layerwise_recipe(ctx: PlanContext, config: DeepRebirthConfig) -> FinetuneRe
     return ctx.recipe.model_copy(update={"epochs": config.layerwise_epochs, "steps": None})
 
 
-def _supports(chain: Chain) -> str | None:
-    if operations(chain):
-        return None
-    return "it has no pool to absorb, no block and no pair of adjacent convs to replace"
-
-
-@register_method("deeprebirth", config=DeepRebirthConfig, paper=PAPER, supports=_supports)
+@register_method(
+    "deeprebirth",
+    config=DeepRebirthConfig,
+    paper=PAPER,
+    supports=applies_where(operations, UNSUPPORTED),
+)
 def plan_deeprebirth(ctx: PlanContext, budget: Budget, config: DeepRebirthConfig) -> MethodResult:
     """Operations → greedy by measured saving → layer-wise rebirth of the chosen plan."""
     chain = ctx.chain

@@ -1,6 +1,6 @@
 """depthshrinker: Fu et al., "DepthShrinker: A New Compression Paradigm Towards Boosting
-Real-Hardware Efficiency of Compact Neural Networks", ICML 2022; specification:
-docs/baselines-notes.md §1.
+Real-Hardware Efficiency of Compact Neural Networks", ICML 2022; documented in
+docs/methods/depthshrinker.md.
 
 The algorithm box, as ``plan_depthshrinker`` runs it:
 
@@ -55,7 +55,7 @@ from suite.core.chain import Chain
 from suite.core.method import Infeasible, MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan
 from suite.core.realize import ACTIVATIONS, trainable_network
-from suite.core.registry import register_method
+from suite.core.registry import applies_where, register_method
 from suite.errors import DepthbenchError
 from suite.measure.profiles import REFERENCE_DIR
 from suite.run.data import train_loader
@@ -67,6 +67,10 @@ PATTERNS_FILE = REFERENCE_DIR / "depthshrinker_mbv2_activation_patterns.csv"
 MOBILENET_V2_BLOCKS = 17
 INITIAL_SCORE = 0.5
 SMOKE_SEARCH_STEPS = 5
+UNSUPPORTED = (
+    "it has no blocks: DepthShrinker decides per inverted-residual (or residual) block, and a "
+    "plain chain of convs such as VGG has none"
+)
 
 Block = tuple[int, int]  # the segment (start, end] of a block's units
 PublishedPattern = Literal["A", "B", "C", "D", "E", "F", "A10", "B10", "C10", "D10"]
@@ -104,16 +108,12 @@ def published_pattern(name: str) -> frozenset[int]:
     return frozenset(int(b) for b in kept.split(";") if b)
 
 
-def _supports(chain: Chain) -> str | None:
-    if chain.blocks:
-        return None
-    return (
-        "it has no blocks: DepthShrinker decides per inverted-residual (or residual) block, and a "
-        "plain chain of convs such as VGG has none"
-    )
-
-
-@register_method("depthshrinker", config=DepthShrinkerConfig, paper=PAPER, supports=_supports)
+@register_method(
+    "depthshrinker",
+    config=DepthShrinkerConfig,
+    paper=PAPER,
+    supports=applies_where(lambda chain: chain.blocks, UNSUPPORTED),
+)
 def plan_depthshrinker(
     ctx: PlanContext, budget: Budget, config: DepthShrinkerConfig
 ) -> MethodResult:

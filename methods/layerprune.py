@@ -1,5 +1,5 @@
 """layerprune: Elkerdawy et al., "To Filter Prune, or to Layer Prune, That Is The Question",
-ACCV 2020; specification: docs/baselines-notes.md §2.
+ACCV 2020; documented in docs/methods/layerprune.md.
 
 The algorithm box, as ``plan_layerprune`` runs it:
 
@@ -50,7 +50,7 @@ from suite.core.chain import Chain
 from suite.core.method import MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan
 from suite.core.realize import trainable_network
-from suite.core.registry import register_method
+from suite.core.registry import applies_where, register_method
 from suite.errors import DepthbenchError
 from suite.run.data import train_loader
 
@@ -58,6 +58,8 @@ PAPER = "Elkerdawy et al., ACCV 2020: To Filter Prune, or to Layer Prune, That I
 SMOKE_BATCHES = 2
 
 Criterion = Literal["taylor_gate", "weight_magnitude", "bn_scale"]
+
+UNSUPPORTED = "it has no block whose removal keeps the feature shapes (an identity-shortcut block)"
 
 
 class LayerPruneConfig(BaseModel):
@@ -157,13 +159,12 @@ def prune_plan(chain: Chain, removed: list[Candidate]) -> Plan:
     )
 
 
-def _supports(chain: Chain) -> str | None:
-    if candidates(chain):
-        return None
-    return "it has no block whose removal keeps the feature shapes (an identity-shortcut block)"
-
-
-@register_method("layerprune", config=LayerPruneConfig, paper=PAPER, supports=_supports)
+@register_method(
+    "layerprune",
+    config=LayerPruneConfig,
+    paper=PAPER,
+    supports=applies_where(candidates, UNSUPPORTED),
+)
 def plan_layerprune(ctx: PlanContext, budget: Budget, config: LayerPruneConfig) -> MethodResult:
     """Candidates → criteria → importance → prune the least important first (steps 1-4)."""
     chain = ctx.chain

@@ -1,6 +1,6 @@
 """relu-reduction: Kundu, Zhang, Chen, Beerel, "Making Models Shallow Again: Jointly Learning to
 Reduce Non-Linearity and Depth for Latency-Efficient Private Inference", CVPRW 2023;
-specification: docs/baselines-notes.md §4.
+documented in docs/methods/relu-reduction.md.
 
 The algorithm box, as ``plan_relu_reduction`` runs it:
 
@@ -38,11 +38,13 @@ from suite.core.chain import Chain
 from suite.core.method import MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan
 from suite.core.realize import trainable_network
-from suite.core.registry import register_method
+from suite.core.registry import applies_where, register_method
 from suite.run.train import evaluate
 
 PAPER = "Kundu et al., CVPRW 2023: Making Models Shallow Again (ReLU sensitivity, shallow blocks)"
 SMOKE_HOLDOUT_IMAGES = 256
+
+UNSUPPORTED = "it has no activation inside a block that a merge could remove"
 
 
 class ReluReductionConfig(BaseModel):
@@ -103,13 +105,12 @@ def shallow_plan(chain: Chain, removed: set[int]) -> Plan:
     )
 
 
-def _supports(chain: Chain) -> str | None:
-    if candidates(chain):
-        return None
-    return "it has no activation inside a block that a merge could remove"
-
-
-@register_method("relu-reduction", config=ReluReductionConfig, paper=PAPER, supports=_supports)
+@register_method(
+    "relu-reduction",
+    config=ReluReductionConfig,
+    paper=PAPER,
+    supports=applies_where(candidates, UNSUPPORTED),
+)
 def plan_relu_reduction(
     ctx: PlanContext, budget: Budget, config: ReluReductionConfig
 ) -> MethodResult:

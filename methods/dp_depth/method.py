@@ -1,5 +1,5 @@
 """dp-depth: Kim et al., "Efficient Latency-Aware CNN Depth Compression via Two-Stage Dynamic
-Programming", ICML 2023 (arXiv 2301.12187); specification: docs/method-dp-depth-notes.md.
+Programming", ICML 2023 (arXiv 2301.12187); documented in docs/methods/dp-depth.md.
 
 The algorithm box, as ``plan_dp_depth`` runs it:
 

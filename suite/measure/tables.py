@@ -51,15 +51,10 @@ class CorruptCacheRowWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class SegmentSignature:
-    """Everything a standalone segment's latency depends on besides the profile."""
+class SegmentSignature(ConvSpec):
+    """Everything a standalone segment's latency depends on besides the profile: its merged conv
+    (the fields of ``ConvSpec``), its input, the batch and the activation after it."""
 
-    in_channels: int
-    out_channels: int
-    kernel: int
-    stride: int
-    padding: int
-    groups: int
     input_shape: tuple[int, int, int]
     batch: int
     activation: str | None
