@@ -1,5 +1,5 @@
 """deeprebirth: Li, Wang, Kong, "DeepRebirth: Accelerating Deep Neural Network Execution on Mobile
-Devices", AAAI 2018; specification: docs/baselines-notes.md §3.
+Devices", AAAI 2018; documented in docs/methods/deeprebirth.md.
 
 The algorithm box, as ``plan_deeprebirth`` runs it:
 
@@ -37,21 +37,23 @@ Interpreted (the paper chooses its layers by hand and has no budget; notes §3):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from suite.core.budget import Budget
 from suite.core.chain import Chain
-from suite.core.method import MethodResult, PlanContext, meet_budget
+from suite.core.method import MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan, Replacement
 from suite.core.realize import TrainableNetwork, trainable_network
-from suite.core.registry import register_method
+from suite.core.registry import applies_where, register_method
 from suite.run.train import FinetuneRecipe, finetune
 
 PAPER = "Li, Wang, Kong, AAAI 2018: DeepRebirth: Accelerating DNN Execution on Mobile Devices"
 SMOKE_LAYERWISE_STEPS = 2
+
+UNSUPPORTED = "it has no pool to absorb, no block and no pair of adjacent convs to replace"
 
 
 class DeepRebirthConfig(BaseModel):
@@ -112,7 +114,7 @@ def layerwise_rebirth(ctx: PlanContext, plan: Plan, config: DeepRebirthConfig) -
                 wanted = step.state_dict().keys()
                 reached = {k: v for k, v in network.state_dict().items() if k in wanted}
                 step.load_state_dict(reached, strict=False)  # only the new layer starts afresh
-            new_layer = step.replacements[f"{new.start}_{new.end}"]
+            new_layer = step.replacement((new.start, new.end))
             scale = {parameter: config.new_layer_lr_scale for parameter in new_layer.parameters()}
             network = finetune(step, ctx.data, recipe, teacher=teacher, lr_scale=scale)
             ctx.report("deeprebirth layer-wise", done, len(plan.replaced))
@@ -125,13 +127,12 @@ def _layerwise_recipe(ctx: PlanContext, config: DeepRebirthConfig) -> FinetuneRe
     return ctx.recipe.model_copy(update={"epochs": config.layerwise_epochs, "steps": None})
 
 
-def _supports(chain: Chain) -> str | None:
-    if operations(chain):
-        return None
-    return "it has no pool to absorb, no block and no pair of adjacent convs to replace"
-
-
-@register_method("deeprebirth", config=DeepRebirthConfig, paper=PAPER, supports=_supports)
+@register_method(
+    "deeprebirth",
+    config=DeepRebirthConfig,
+    paper=PAPER,
+    supports=applies_where(operations, UNSUPPORTED),
+)
 def plan_deeprebirth(ctx: PlanContext, budget: Budget, config: DeepRebirthConfig) -> MethodResult:
     """Operations → greedy by measured saving → layer-wise rebirth of the chosen plan."""
     chain = ctx.chain
@@ -141,16 +142,10 @@ def plan_deeprebirth(ctx: PlanContext, budget: Budget, config: DeepRebirthConfig
         for op in operations(chain)
     }
     ranked = sorted(saving, key=lambda op: -saving[op])
-
-    def slimmer() -> Iterator[Plan]:
-        replaced: tuple[Replacement, ...] = ()
-        yield rebirth_plan(chain, replaced)
-        for op in ranked:
-            replaced = join(replaced, op)
-            yield rebirth_plan(chain, replaced)
-
     what = f"deeprebirth, applying up to all {len(ranked)} operations"
-    plan = meet_budget(slimmer(), ctx, budget, what)
+    plan, _ = walk_ranking(
+        ranked, lambda ops: rebirth_plan(chain, functools.reduce(join, ops, ())), ctx, budget, what
+    )
     meta = {"savings_ms": [[op.start, op.end, op.absorb_pool, ms] for op, ms in saving.items()]}
     if not plan.replaced:
         return MethodResult(plan, meta=meta)

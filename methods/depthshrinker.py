@@ -1,6 +1,6 @@
 """depthshrinker: Fu et al., "DepthShrinker: A New Compression Paradigm Towards Boosting
-Real-Hardware Efficiency of Compact Neural Networks", ICML 2022; specification:
-docs/baselines-notes.md §1.
+Real-Hardware Efficiency of Compact Neural Networks", ICML 2022; documented in
+docs/methods/depthshrinker.md.
 
 The algorithm box, as ``plan_depthshrinker`` runs it:
 
@@ -42,7 +42,6 @@ Interpreted (the notes' proposals):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Literal
 
 import pandas as pd
@@ -53,10 +52,10 @@ from torch import nn
 
 from suite.core.budget import Budget
 from suite.core.chain import Chain
-from suite.core.method import Infeasible, MethodResult, PlanContext, meet_budget
+from suite.core.method import Infeasible, MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan
 from suite.core.realize import ACTIVATIONS, trainable_network
-from suite.core.registry import register_method
+from suite.core.registry import applies_where, register_method
 from suite.errors import DepthbenchError
 from suite.measure.profiles import REFERENCE_DIR
 from suite.run.data import train_loader
@@ -68,6 +67,10 @@ PATTERNS_FILE = REFERENCE_DIR / "depthshrinker_mbv2_activation_patterns.csv"
 MOBILENET_V2_BLOCKS = 17
 INITIAL_SCORE = 0.5
 SMOKE_SEARCH_STEPS = 5
+UNSUPPORTED = (
+    "it has no blocks: DepthShrinker decides per inverted-residual (or residual) block, and a "
+    "plain chain of convs such as VGG has none"
+)
 
 Block = tuple[int, int]  # the segment (start, end] of a block's units
 PublishedPattern = Literal["A", "B", "C", "D", "E", "F", "A10", "B10", "C10", "D10"]
@@ -105,16 +108,12 @@ def published_pattern(name: str) -> frozenset[int]:
     return frozenset(int(b) for b in kept.split(";") if b)
 
 
-def _supports(chain: Chain) -> str | None:
-    if chain.blocks:
-        return None
-    return (
-        "it has no blocks: DepthShrinker decides per inverted-residual (or residual) block, and a "
-        "plain chain of convs such as VGG has none"
-    )
-
-
-@register_method("depthshrinker", config=DepthShrinkerConfig, paper=PAPER, supports=_supports)
+@register_method(
+    "depthshrinker",
+    config=DepthShrinkerConfig,
+    paper=PAPER,
+    supports=applies_where(lambda chain: chain.blocks, UNSUPPORTED),
+)
 def plan_depthshrinker(
     ctx: PlanContext, budget: Budget, config: DepthShrinkerConfig
 ) -> MethodResult:
@@ -132,13 +131,9 @@ def plan_depthshrinker(
     steps = SMOKE_SEARCH_STEPS if ctx.fidelity == "smoke" else config.search_steps
     scores = search_keep_scores(ctx, blocks, savings, keep, steps, config.latency_weight)
     ranking = sorted(range(len(blocks)), key=lambda b: -scores[b])  # kept longest first
-
-    def shrinking() -> Iterator[Plan]:
-        for k in range(len(blocks), -1, -1):
-            yield shrink_plan(chain, blocks, set(ranking[k:]))
-
-    plan = meet_budget(
-        shrinking(), ctx, budget, "depthshrinker, shrinking blocks along the learned ranking"
+    what = "depthshrinker, shrinking blocks along the learned ranking"
+    plan, _ = walk_ranking(  # k steps down: the block kept shortest is shrunk first
+        ranking[::-1], lambda some: shrink_plan(chain, blocks, set(some)), ctx, budget, what
     )
     meta = {
         "block_savings_ms": savings,
@@ -205,7 +200,7 @@ def search_keep_scores(
         mask = _TopKMask(len(blocks), keep)
         activation = ACTIVATIONS[chain.act_kind]()
         for position, block in inner.items():
-            network.units[str(position)].register_forward_hook(_masked(mask, block, activation))
+            network.unit(position).register_forward_hook(_masked(mask, block, activation))
         optimizer = torch.optim.SGD(
             [
                 {"params": network.parameters(), "weight_decay": recipe.weight_decay},

@@ -1,5 +1,5 @@
 """layerprune: Elkerdawy et al., "To Filter Prune, or to Layer Prune, That Is The Question",
-ACCV 2020; specification: docs/baselines-notes.md §2.
+ACCV 2020; documented in docs/methods/layerprune.md.
 
 The algorithm box, as ``plan_layerprune`` runs it:
 
@@ -37,7 +37,6 @@ Interpreted:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,10 +47,10 @@ from torch import nn
 
 from suite.core.budget import Budget
 from suite.core.chain import Chain
-from suite.core.method import MethodResult, PlanContext, meet_budget
+from suite.core.method import MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan
 from suite.core.realize import trainable_network
-from suite.core.registry import register_method
+from suite.core.registry import applies_where, register_method
 from suite.errors import DepthbenchError
 from suite.run.data import train_loader
 
@@ -59,6 +58,8 @@ PAPER = "Elkerdawy et al., ACCV 2020: To Filter Prune, or to Layer Prune, That I
 SMOKE_BATCHES = 2
 
 Criterion = Literal["taylor_gate", "weight_magnitude", "bn_scale"]
+
+UNSUPPORTED = "it has no block whose removal keeps the feature shapes (an identity-shortcut block)"
 
 
 class LayerPruneConfig(BaseModel):
@@ -121,7 +122,7 @@ def _taylor_gate(ctx: PlanContext, positions: list[int], batches: int) -> dict[i
         p: torch.ones(ctx.chain.unit(p).conv.out_channels, requires_grad=True) for p in positions
     }
     for p, gate in gates.items():
-        network.units[str(p)].register_forward_hook(_gated(gate))
+        network.unit(p).register_forward_hook(_gated(gate))
     scores = {p: torch.zeros_like(gate) for p, gate in gates.items()}
     loader = train_loader(ctx.data.train, ctx.recipe.batch_size, ctx.seed)
     count = min(batches, len(loader))
@@ -158,13 +159,12 @@ def prune_plan(chain: Chain, removed: list[Candidate]) -> Plan:
     )
 
 
-def _supports(chain: Chain) -> str | None:
-    if candidates(chain):
-        return None
-    return "it has no block whose removal keeps the feature shapes (an identity-shortcut block)"
-
-
-@register_method("layerprune", config=LayerPruneConfig, paper=PAPER, supports=_supports)
+@register_method(
+    "layerprune",
+    config=LayerPruneConfig,
+    paper=PAPER,
+    supports=applies_where(candidates, UNSUPPORTED),
+)
 def plan_layerprune(ctx: PlanContext, budget: Budget, config: LayerPruneConfig) -> MethodResult:
     """Candidates → criteria → importance → prune the least important first (steps 1-4)."""
     chain = ctx.chain
@@ -173,21 +173,13 @@ def plan_layerprune(ctx: PlanContext, budget: Budget, config: LayerPruneConfig) 
     gated = sorted({p for block in blocks for p in block.gated})
     criteria = filter_criteria(ctx, config.criterion, gated, batches)
     importance = [block_importance(block, criteria) for block in blocks]
-    ranking = sorted(range(len(blocks)), key=lambda b: importance[b])
-
-    def pruning() -> Iterator[Plan]:
-        for count in range(len(blocks) + 1):
-            yield prune_plan(chain, [blocks[b] for b in ranking[:count]])
-
-    plan = meet_budget(
-        pruning(), ctx, budget, f"layerprune, removing up to all {len(blocks)} candidate blocks"
-    )
+    ranking = [blocks[b] for b in sorted(range(len(blocks)), key=importance.__getitem__)]
+    what = f"layerprune, removing up to all {len(blocks)} candidate blocks"
+    plan, removed = walk_ranking(ranking, lambda some: prune_plan(chain, some), ctx, budget, what)
     meta = {
         "criterion": config.criterion,
         "candidates": [list(block.units) for block in blocks],
         "importance": importance,
-        "removed_blocks": [
-            list(blocks[b].units) for b in ranking if blocks[b].units[0] in plan.deleted
-        ],
+        "removed_blocks": [list(block.units) for block in removed],
     }
     return MethodResult(plan, meta=meta)

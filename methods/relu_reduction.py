@@ -1,6 +1,6 @@
 """relu-reduction: Kundu, Zhang, Chen, Beerel, "Making Models Shallow Again: Jointly Learning to
 Reduce Non-Linearity and Depth for Latency-Efficient Private Inference", CVPRW 2023;
-specification: docs/baselines-notes.md §4.
+documented in docs/methods/relu-reduction.md.
 
 The algorithm box, as ``plan_relu_reduction`` runs it:
 
@@ -30,21 +30,21 @@ Interpreted:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Subset
 
 from suite.core.budget import Budget
 from suite.core.chain import Chain
-from suite.core.method import MethodResult, PlanContext, meet_budget
+from suite.core.method import MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan
 from suite.core.realize import trainable_network
-from suite.core.registry import register_method
+from suite.core.registry import applies_where, register_method
 from suite.run.train import evaluate
 
 PAPER = "Kundu et al., CVPRW 2023: Making Models Shallow Again (ReLU sensitivity, shallow blocks)"
 SMOKE_HOLDOUT_IMAGES = 256
+
+UNSUPPORTED = "it has no activation inside a block that a merge could remove"
 
 
 class ReluReductionConfig(BaseModel):
@@ -105,13 +105,12 @@ def shallow_plan(chain: Chain, removed: set[int]) -> Plan:
     )
 
 
-def _supports(chain: Chain) -> str | None:
-    if candidates(chain):
-        return None
-    return "it has no activation inside a block that a merge could remove"
-
-
-@register_method("relu-reduction", config=ReluReductionConfig, paper=PAPER, supports=_supports)
+@register_method(
+    "relu-reduction",
+    config=ReluReductionConfig,
+    paper=PAPER,
+    supports=applies_where(candidates, UNSUPPORTED),
+)
 def plan_relu_reduction(
     ctx: PlanContext, budget: Budget, config: ReluReductionConfig
 ) -> MethodResult:
@@ -120,16 +119,9 @@ def plan_relu_reduction(
     positions = candidates(chain)
     sensitivity = sensitivities(ctx, positions, config)
     ranking = [p for _, p in sorted(zip(sensitivity, positions, strict=True))]
-
-    def shallower() -> Iterator[Plan]:
-        for count in range(len(ranking) + 1):
-            yield shallow_plan(chain, set(ranking[:count]))
-
     what = f"relu-reduction, removing up to all {len(ranking)} candidate activations"
-    plan = meet_budget(shallower(), ctx, budget, what)
-    meta = {
-        "candidates": positions,
-        "sensitivity": sensitivity,
-        "removed": [p for p in ranking if p not in plan.activations],
-    }
+    plan, removed = walk_ranking(
+        ranking, lambda some: shallow_plan(chain, set(some)), ctx, budget, what
+    )
+    meta = {"candidates": positions, "sensitivity": sensitivity, "removed": removed}
     return MethodResult(plan, meta=meta)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -23,8 +22,3 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
                 module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
                 module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
     return model.eval()
-
-
-@pytest.fixture
-def seeded() -> None:
-    torch.manual_seed(0)

@@ -28,7 +28,6 @@ from methods.dp_depth.importance import (
 from methods.dp_depth.solver import measured_entries
 from suite.core.trace import trace
 from suite.run.data import load_data
-from suite.run.executors import InProcessExecutor
 from suite.run.train import FinetuneRecipe
 from tests.conftest import randomize_batchnorm
 
@@ -49,19 +48,16 @@ def data():
     return replace(digits, holdout=Subset(digits.holdout, range(16)))
 
 
-class CountingExecutor(InProcessExecutor):
-    """The in-process executor, counting the entries it runs and optionally stopping after some."""
+def interrupt_after(scored: int):
+    """A progress callback that interrupts the table once ``scored`` entries are scored now."""
+    calls = []
 
-    def __init__(self, stop_after: int | None = None) -> None:
-        self.ran = 0
-        self.stop_after = stop_after
+    def progress(done: int, total: int) -> None:
+        calls.append(done)
+        if done - calls[0] == scored:
+            raise KeyboardInterrupt("interrupted by the test")
 
-    def map(self, fn, items, resources=None):
-        for item in items:
-            if self.ran == self.stop_after:
-                raise KeyboardInterrupt("interrupted by the test")
-            self.ran += 1
-            yield fn(item)
+    return progress
 
 
 def test_the_mobilenet_v2_under_test_has_block_ends_residuals_and_stride_boundaries(traced):
@@ -123,18 +119,18 @@ def test_a_smoke_entry_that_removes_activations_changes_the_holdout_loss(traced,
 
 def test_single_conv_entries_are_reinitialised_and_longer_ones_are_not(traced):
     network = entry_network(traced, (6, 7, 1, 1), reinitialise=True, seed=0)
-    conv, bn = network.units["7"]
+    conv, bn = network.unit(7)
     assert not torch.equal(conv.weight, traced.conv(7).weight)
     torch.testing.assert_close(bn.running_mean, torch.zeros_like(bn.running_mean))
     torch.testing.assert_close(bn.running_var, torch.ones_like(bn.running_var))
     assert not torch.equal(traced.bn(7).running_var, torch.ones_like(bn.running_var))
     for p in set(range(1, 15)) - {7}:
-        assert torch.equal(network.units[str(p)][0].weight, traced.conv(p).weight)
+        assert torch.equal(network.unit(p)[0].weight, traced.conv(p).weight)
     again = entry_network(traced, (6, 7, 1, 1), reinitialise=True, seed=0)
-    assert torch.equal(again.units["7"][0].weight, conv.weight)
+    assert torch.equal(again.unit(7)[0].weight, conv.weight)
     longer = entry_network(traced, (5, 8, 0, 1), reinitialise=True, seed=0)
     for p in range(1, 15):
-        assert torch.equal(longer.units[str(p)][0].weight, traced.conv(p).weight)
+        assert torch.equal(longer.unit(p)[0].weight, traced.conv(p).weight)
 
 
 def test_full_fidelity_reinitialises_fine_tunes_and_records_its_fidelity(traced, data, tmp_path):
@@ -155,15 +151,12 @@ def test_an_interrupted_table_resumes_without_recomputing_stored_entries(traced,
     entries = importance_entries(traced.chain.segments("upstream"), traced.chain, True)[:8]
     with pytest.raises(KeyboardInterrupt):
         importance_table(
-            traced, data, entries, ONE_STEP, "smoke", tmp_path, CountingExecutor(stop_after=3)
+            traced, data, entries, ONE_STEP, "smoke", tmp_path, progress=interrupt_after(3)
         )
-    resumed = CountingExecutor()
-    table = importance_table(traced, data, entries, ONE_STEP, "smoke", tmp_path, resumed)
-    assert resumed.ran == len(entries) - 3
+    table = importance_table(traced, data, entries, ONE_STEP, "smoke", tmp_path)
     assert (table.computed, table.cached) == (len(entries) - 3, 3)
-    again = CountingExecutor()
-    cached = importance_table(traced, data, entries, ONE_STEP, "smoke", tmp_path, again)
-    assert again.ran == 0 and cached.cached == len(entries)
+    cached = importance_table(traced, data, entries, ONE_STEP, "smoke", tmp_path)
+    assert (cached.computed, cached.cached) == (0, len(entries))
     assert cached.scores == table.scores
     fresh = importance_table(traced, data, entries, ONE_STEP, "smoke", tmp_path / "fresh")
     assert fresh.scores == table.scores

@@ -29,6 +29,7 @@ from methods.dp_depth.method import (
     plan_dp_depth,
 )
 from methods.dp_depth.solver import solve
+from suite.cache import LATENCY_TABLES
 from suite.cli import methods as cli_methods
 from suite.core.budget import Budget
 from suite.core.method import Infeasible, PlanContext
@@ -39,7 +40,7 @@ from suite.core.trace import trace, trace_model
 from suite.errors import DepthbenchError
 from suite.measure.profiles import load_profile
 from suite.measure.tables import TableCache, build_table
-from suite.run.cell import TABLE_CACHE_FILE, plan_context
+from suite.run.cell import plan_context
 from suite.run.data import load_data
 from suite.run.train import FinetuneRecipe
 from tests.conftest import randomize_batchnorm
@@ -96,7 +97,7 @@ def test_registered_as_dp_depth_with_the_alias_kim2023():
 
 def test_a_table_budget_plan_equals_solve_on_the_same_tables(ctx, workdir):
     chain = ctx.chain
-    latency = build_table(chain, ctx.profile, cache=TableCache(workdir / TABLE_CACHE_FILE))
+    latency = build_table(chain, ctx.profile, cache=TableCache(workdir / LATENCY_TABLES))
     singles = sum(latency[(p - 1, p)] for p in range(1, chain.L + 1))
     fastest = sum(latency[segment] for segment in [(0, 5), (5, 11), (11, 14)])  # all merged
     t0 = (singles + fastest) / 2

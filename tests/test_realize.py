@@ -128,7 +128,7 @@ def test_deleting_whole_blocks_and_replacing_segments():
     )
     with torch.no_grad():
         trainable = trainable_network(vgg, plan).eval()
-        assert trainable.replacements["0_1"][0].stride == (2, 2)
+        assert trainable.replacement((0, 1))[0].stride == (2, 2)
         assert relative_error(deploy_network(trainable)(x), trainable(x)) < RELATIVE_TOLERANCE
 
 

@@ -15,6 +15,7 @@ from suite.cli.report import register
 from suite.console import configure_logging
 from suite.core.budget import Budget
 from suite.errors import DepthbenchError
+from suite.provenance import config_hash
 from suite.run.report import (
     aggregate_seeds,
     compare_runs,
@@ -25,7 +26,7 @@ from suite.run.report import (
     write_report,
 )
 from suite.run.stats import pack_correct, unpack_correct, wilson_interval
-from suite.run.store import CellRecord, ResultsStore, config_hash, records_frame
+from suite.run.store import CellRecord, ResultsStore, records_frame
 
 CPU = ("cpu-onnxruntime", "c" * 64)
 GPU = ("rtx2080ti-replay", "d" * 64)

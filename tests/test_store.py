@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from suite.core.budget import Budget
 from suite.errors import DepthbenchError
-from suite.run.store import CellRecord, ResultsStore, code_version, config_hash, read_consolidated
+from suite.provenance import code_version, config_hash
+from suite.run.store import CellRecord, ResultsStore, read_consolidated
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,7 +160,8 @@ WRITER = textwrap.dedent(
     import sys
     from pathlib import Path
     from suite.core.budget import Budget
-    from suite.run.store import CellRecord, ResultsStore, config_hash
+    from suite.provenance import config_hash
+    from suite.run.store import CellRecord, ResultsStore
 
     root, who = Path(sys.argv[1]), sys.argv[2]
     store = ResultsStore(root)

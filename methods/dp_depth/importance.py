@@ -21,17 +21,14 @@ single-conv entries) from every entry. Those means are negative at full fidelity
 constant bonus per segment that favours keeping activations. Upstream's α: 1.6 (MobileNetV2-1.0),
 1.2 (MobileNetV2-1.4), 1.4 (VGG19).
 
-Entries are independent: they run through an executor (``suite.run.executors``; in-process by
-default) and each is cached as one JSON file as soon as it comes back, under a directory keyed by
-the base weights, the data, the fidelity and (at full fidelity) the recipe. An interrupted table
+Each entry is cached as one JSON file as soon as it is scored, under a directory keyed by the
+base weights, the data, the fidelity and (at full fidelity) the recipe. An interrupted table
 resumes from there without measuring a stored entry again.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -47,9 +44,9 @@ from suite.core.chain import Chain
 from suite.core.plan import Plan
 from suite.core.realize import TrainableNetwork, trainable_network
 from suite.core.trace import TracedModel
+from suite.files import atomic_write
+from suite.provenance import config_hash
 from suite.run.data import DataSplits
-from suite.run.executors import Executor, InProcessExecutor
-from suite.run.store import config_hash
 from suite.run.train import Accuracy, FinetuneRecipe, evaluate, finetune
 
 Progress = Callable[[int, int], None]  # (entries done, entries in the table)
@@ -133,14 +130,14 @@ def reinitialise_unit(network: TrainableNetwork, position: int, seed: int) -> No
     the caller's random state untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for module in network.units[str(position)].modules():
+        for module in network.unit(position).modules():
             if isinstance(module, nn.Conv2d | nn.BatchNorm2d):
                 module.reset_parameters()
 
 
 @dataclass(frozen=True)
 class EntryScorer:
-    """Scores the entries of one table; an executor ships it once to each of its workers."""
+    """Scores the entries of one table against the base network's holdout accuracy."""
 
     traced: TracedModel
     data: DataSplits
@@ -172,15 +169,14 @@ def importance_table(
     recipe: FinetuneRecipe,
     fidelity: Fidelity,
     cache_dir: Path,
-    executor: Executor | None = None,
     progress: Progress | None = None,
     build: EntryBuilder = entry_network,
 ) -> ImportanceTable:
     """Measure (or read from the cache) every entry of ``entries`` for the base network ``traced``.
 
-    ``recipe`` is the short fine-tune of each entry (unused at ``smoke`` fidelity); ``executor``
-    runs the missing entries (in this process when None), in any order; each result is cached as
-    it arrives. ``build`` makes an entry's network (another method's entries: LayerMerge's).
+    ``recipe`` is the short fine-tune of each entry (unused at ``smoke`` fidelity); each missing
+    entry is cached as soon as it is scored, so an interrupted table resumes where it stopped.
+    ``build`` makes an entry's network (another method's entries: LayerMerge's).
     """
     cache = EntryCache(table_cache_dir(cache_dir, traced, data, recipe, fidelity))
     scores = {entry: score for entry in entries if (score := cache.read(entry)) is not None}
@@ -191,7 +187,7 @@ def importance_table(
     if missing:
         base = evaluate(traced.model, data.holdout)
         scorer = EntryScorer(traced, data, recipe, fidelity, base, build)
-        for entry, score in (executor or InProcessExecutor()).map(scorer, missing):
+        for entry, score in map(scorer, missing):
             cache.write(entry, score)
             scores[entry] = score
             if progress:
@@ -206,12 +202,6 @@ def normalise(importance: dict[Entry, float], alpha: float) -> dict[Entry, float
     singles = [h for (i, j, _, _), h in importance.items() if j == i + 1]
     offset = alpha * sum(singles) / len(singles) if singles else 0.0
     return {entry: h - offset for entry, h in importance.items()}
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/depthbench/importance`` (``~/.cache`` without XDG)."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "depthbench" / "importance"
 
 
 def table_cache_dir(
@@ -266,12 +256,4 @@ class EntryCache:
             return None
 
     def write(self, entry: Entry, score: EntryScore) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(score.model_dump_json())
-            os.replace(temporary, self.path(entry))
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        atomic_write(self.path(entry), score.model_dump_json())

@@ -1,5 +1,5 @@
 """dp-depth: Kim et al., "Efficient Latency-Aware CNN Depth Compression via Two-Stage Dynamic
-Programming", ICML 2023 (arXiv 2301.12187); specified from the official code (ECDC).
+Programming", ICML 2023 (arXiv 2301.12187); documented in docs/methods/dp-depth.md.
 
 The algorithm box, as ``plan_dp_depth`` runs it:
 
@@ -37,7 +37,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from methods.dp_depth.importance import (
     UPSTREAM_RECIPE,
     ImportanceTable,
-    default_cache_dir,
     importance_entries,
     importance_table,
     normalise,
@@ -50,6 +49,7 @@ from methods.dp_depth.solver import (
     optimal_merge_table,
     solve,
 )
+from suite.cache import IMPORTANCE, cache_root
 from suite.core.budget import Budget, Fidelity
 from suite.core.chain import Chain, MergeRule
 from suite.core.method import Infeasible, MethodResult, PlanContext
@@ -158,10 +158,8 @@ def measure_importance(ctx: PlanContext, config: DpDepthConfig) -> ImportanceTab
 
 
 def importance_cache_dir(ctx: PlanContext) -> Path:
-    """Beside the run's latency-table cache when it has one, else the user cache directory."""
-    if ctx.cache_dir is not None:
-        return ctx.cache_dir / "importance"
-    return default_cache_dir()
+    """Beside the run's latency-table cache when it has one, else in the user cache."""
+    return (ctx.cache_dir or cache_root()) / IMPORTANCE
 
 
 def knapsack_precision(tables: Tables) -> float:

@@ -5,7 +5,7 @@ One entry measures the network in which only segment (i, j] is changed to option
 when the segment spans two or more units (upstream inserts one at an originally linear
 MobileNetV2 block end, exactly as the plan will), (i, j] one merge group, and the units option c
 does not keep (the L1 rule) pruned to the identity. Then, as in the 2023 method's tables (whose
-machinery this reuses: ``methods.dp_depth.importance``, cache, executors):
+machinery this reuses: ``methods.dp_depth.importance``, its cache):
 
 1. single-unit entries (j = i + 1) re-initialise that conv and its BN (upstream ``reset_layers``);
 2. the network is fine-tuned with ``UPSTREAM_RECIPE`` on ``data.train`` (upstream: 1 epoch on a
@@ -38,7 +38,6 @@ from suite.core.plan import Plan
 from suite.core.realize import TrainableNetwork, trainable_network
 from suite.core.trace import TracedModel
 from suite.run.data import DataSplits
-from suite.run.executors import Executor
 from suite.run.train import FinetuneRecipe
 
 CACHE_NAME = "layermerge-importance"
@@ -92,7 +91,6 @@ def measure(
     fidelity: Fidelity,
     cache_dir: Path,
     recipe: FinetuneRecipe = UPSTREAM_RECIPE,
-    executor: Executor | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ImportanceTable:
     """Δ top-1 and Δ loss of every option's network, measured or read from ``cache_dir``."""
@@ -103,7 +101,6 @@ def measure(
         recipe,
         fidelity,
         cache_dir,
-        executor=executor,
         progress=progress,
         build=option_network,
     )

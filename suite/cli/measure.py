@@ -14,6 +14,7 @@ import yaml
 from rich.markup import escape
 from rich.table import Table
 
+from suite.cache import LATENCY_TABLES, cache_root
 from suite.cli.options import DEFAULT_RESOLUTION, NumClasses, Resolution, Width, check_resolution
 from suite.cli.options import Profile as ProfileOption
 from suite.console import console, err_console, step_progress, user_errors
@@ -174,13 +175,15 @@ def table_command(
     """Build (or read from the cache, or replay) a latency table; print it with its additivity."""
     from suite.core.trace import trace_model
     from suite.measure.harness import measure
-    from suite.measure.tables import TableCache, additivity, build_table, default_cache_path
+    from suite.measure.tables import TableCache, additivity, build_table
 
     with user_errors():
         profile = load_profile(profile_name)
         size = _resolution(profile, resolution)
         traced = trace_model(model, width=width, num_classes=num_classes, resolution=size)
-        cache = None if profile.is_replay else TableCache(cache_path or default_cache_path())
+        cache = (
+            None if profile.is_replay else TableCache(cache_path or cache_root() / LATENCY_TABLES)
+        )
         with step_progress() as steps:
             table = build_table(
                 traced.chain,

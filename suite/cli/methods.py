@@ -32,6 +32,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from suite.cache import BASE_WEIGHTS, cache_root
 from suite.cli.options import (
     BudgetKind,
     BudgetKindOption,
@@ -190,7 +191,6 @@ def setup_context(cell: CellOptions, recipe: FinetuneRecipe, steps: Steps) -> Pl
     """The context of one cell, with every step's progress on ``steps``."""
     from suite.core.trace import trace_model
     from suite.measure.profiles import load_profile
-    from suite.measure.tables import default_cache_path
     from suite.run.cell import plan_context
     from suite.run.data import load_data
     from suite.run.train import train_base
@@ -203,7 +203,7 @@ def setup_context(cell: CellOptions, recipe: FinetuneRecipe, steps: Steps) -> Pl
         cell.model,
         data,
         _base_recipe(),
-        default_cache_path().parent / "base",
+        cache_root() / BASE_WEIGHTS,
         width=cell.width,
         progress=lambda done, total: steps("train the base network", done, total),
     )
@@ -215,7 +215,7 @@ def setup_context(cell: CellOptions, recipe: FinetuneRecipe, steps: Steps) -> Pl
         recipe,
         fidelity=cell.fidelity.value,
         seed=cell.seed,
-        cache_dir=None if profile.is_replay else default_cache_path().parent,
+        cache_dir=None if profile.is_replay else cache_root(),
         progress=steps,
     )
 

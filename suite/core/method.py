@@ -12,6 +12,9 @@ nothing but the core; the profile, data and recipe are only passed through to th
 
 Budgets are met by *measured* latency: ``meet_budget`` walks a method's own ranking of plans, from
 least to most compressed, and returns the first whose deploy network measures within the target.
+Most baselines rank *candidates* (blocks, activations, operations) by their paper's score and
+apply ever longer prefixes of that ranking: ``walk_ranking`` is that loop, so a baseline is its
+scoring rule and one call.
 Candidates (and the base network they are compared with) are screened under the profile's light
 ``table_protocol``: a method may try dozens of plans, and the full protocol on each would make a
 small run take hours. The cell's final number is measured under the full ``protocol``.
@@ -19,10 +22,10 @@ small run take hours. The cell's final number is measured under the full ``proto
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from torch import nn
 
@@ -40,6 +43,7 @@ if TYPE_CHECKING:  # types only: the core imports nothing from the measuring or 
     from suite.run.data import DataSplits
     from suite.run.train import FinetuneRecipe
 
+Candidate = TypeVar("Candidate")
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 Screen = Callable[[nn.Module], "LatencyResult"]  # a deploy network, timed under table_protocol
 TableSource = Callable[[Chain, MergeRule], "LatencyTable"]  # T(i, j) of a chain under the profile
@@ -129,3 +133,29 @@ def meet_budget(candidates: Iterable[Plan], ctx: PlanContext, budget: Budget, wh
         f"{what}: the fastest plan measures {best:.3f} ms under {ctx.profile.name}, above the "
         f"budget {target:.3f} ms"
     )
+
+
+def walk_ranking(
+    ranking: Sequence[Candidate],
+    apply: Callable[[Sequence[Candidate]], Plan],
+    ctx: PlanContext,
+    budget: Budget,
+    what: str,
+) -> tuple[Plan, Sequence[Candidate]]:
+    """Apply ever longer prefixes of ``ranking`` until the measured latency meets the budget.
+
+    ``ranking`` lists a method's candidates, the first to go first; ``apply(prefix)`` is the plan
+    with the candidates of ``prefix`` applied (the empty prefix: the method's least compressed
+    plan). Returns the first plan along the prefixes that ``meet_budget`` accepts, with its prefix;
+    raises ``Infeasible`` (naming ``what``) when even the whole ranking is too slow. Plans are built
+    and measured one at a time, so a budget met early measures no more.
+    """
+    applied: list[Sequence[Candidate]] = []
+
+    def plans() -> Iterator[Plan]:
+        for count in range(len(ranking) + 1):
+            applied.append(ranking[:count])
+            yield apply(applied[-1])
+
+    plan = meet_budget(plans(), ctx, budget, what)
+    return plan, applied[-1]  # meet_budget stops at the plan it accepts: the last one built

@@ -90,17 +90,29 @@ class TrainableNetwork(nn.Module):
         )
         self.sources = {r.source for r in chain.residuals}
 
+    def unit(self, position: int) -> nn.Sequential:
+        """Unit ``position`` as it trains: (conv, BN), its padding moved as its merge group needs."""
+        return self.units[str(position)]
+
+    def pruned(self, position: int) -> bool:
+        """Whether unit ``position`` is a pruned conv of a merge group (the identity)."""
+        return str(position) not in self.units
+
+    def replacement(self, segment: tuple[int, int]) -> nn.Sequential:
+        """The new (conv, BN) that replaces the merge group ``segment`` = (start, end)."""
+        return self.replacements[_key(*segment)]
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.stem(images)
         features = {0: x}
         for i, j in self.groups:
             if _key(i, j) in self.replacements:
-                x = self.replacements[_key(i, j)](x)
+                x = self.replacement((i, j))(x)
                 x = self._add_skip(x, j, i, features, {})
             elif (i, j) in self.borders:
                 borders = self.borders[(i, j)]
                 for p in range(i + 1, j + 1):
-                    y = self.units[str(p)](x) if str(p) in self.units else x  # pruned: identity
+                    y = x if self.pruned(p) else self.unit(p)(x)
                     x = self._add_skip(y, p, i, features, borders)
                     if p in self.sources and p < j:
                         features[p] = x
@@ -193,16 +205,16 @@ def deploy_network(trainable: TrainableNetwork) -> DeployNetwork:
 def _merge_group(net: TrainableNetwork, i: int, j: int) -> AffineConv:
     """Fold the units of group (i, j] and the skips it contains into one affine conv."""
     if _key(i, j) in net.replacements:
-        conv, bn = net.replacements[_key(i, j)]
+        conv, bn = net.replacement((i, j))
         return AffineConv.from_conv_bn(conv, bn)
     chain = net.chain
     maps: dict[int, AffineConv | None] = {i: None}
     merged: AffineConv | None = None
     for p in range(i + 1, j + 1):
-        if str(p) in net.units:
-            conv, bn = net.units[str(p)]
+        if not net.pruned(p):
+            conv, bn = net.unit(p)
             unit = replace(AffineConv.from_conv_bn(conv, bn), padding=chain.unit(p).conv.padding)
-        else:  # a pruned unit
+        else:
             like = next(net.units.parameters())
             unit = AffineConv.identity(chain.unit(p).conv.out_channels, like)
         merged = unit if merged is None else compose(merged, unit)

@@ -9,7 +9,7 @@ Both are loaded lazily, on the first lookup.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -77,6 +77,12 @@ def register_method(
         return plan
 
     return decorate
+
+
+def applies_where(find: Callable[[Chain], Sized], reason: str) -> Callable[[Chain], str | None]:
+    """A ``supports`` check: the method applies to a chain in which ``find`` finds anything (its
+    candidates), and ``reason`` says why not for any other chain."""
+    return lambda chain: None if find(chain) else reason
 
 
 def _load() -> None:

@@ -83,8 +83,7 @@ class _Builder:
     def residual(self, source: int, shortcut: nn.Module | None, where: str) -> None:
         projection = None
         if shortcut is not None:
-            conv, bn = _projection(shortcut, where)
-            projection = _spec(conv)
+            projection = _spec(_projection(shortcut, where))
         self.residuals.append(Residual(source, self.position, projection))
         self.shortcuts[self.position] = shortcut
 
@@ -268,7 +267,8 @@ def _conv_norm_act(layer: nn.Module, where: str) -> tuple[nn.Module, nn.Module, 
     return layer[0], layer[1], layer[2]
 
 
-def _projection(shortcut: nn.Module, where: str) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+def _projection(shortcut: nn.Module, where: str) -> nn.Conv2d:
+    """The conv of a 1x1 conv + BN projection shortcut (checked: the merge handles no other)."""
     ok = isinstance(shortcut, nn.Sequential) and len(shortcut) == 2
     conv, bn = (shortcut[0], shortcut[1]) if ok else (None, None)
     if not (
@@ -283,7 +283,7 @@ def _projection(shortcut: nn.Module, where: str) -> tuple[nn.Conv2d, nn.BatchNor
         raise DepthbenchError(
             f"cannot trace {where}.downsample: the projection must be unpadded and dense"
         )
-    return conv, bn
+    return conv
 
 
 def _act_name(act: nn.Module | None, where: str) -> str | None:

@@ -61,15 +61,10 @@ class CorruptCacheRowWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class SegmentSignature:
-    """Everything a standalone segment's latency depends on besides the profile."""
+class SegmentSignature(ConvSpec):
+    """Everything a standalone segment's latency depends on besides the profile: its merged conv
+    (the fields of ``ConvSpec``), its input, the batch and the activation after it."""
 
-    in_channels: int
-    out_channels: int
-    kernel: int
-    stride: int
-    padding: int
-    groups: int
     input_shape: tuple[int, int, int]
     batch: int
     activation: str | None
@@ -102,12 +97,6 @@ class SegmentLatency:
     cov: float
     n: int
     stable: bool
-
-
-def default_cache_path() -> Path:
-    """``$XDG_CACHE_HOME/depthbench/latency_tables.sqlite`` (``~/.cache`` without XDG)."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "depthbench" / "latency_tables.sqlite"
 
 
 class TableCache:

@@ -1,4 +1,4 @@
-"""One experiment cell, in the order of DESIGN.md's flow:
+"""One experiment cell, in the order of the flow (docs/architecture.md):
 
     plan -> realize -> fine-tune (the shared recipe) -> merge -> check -> measure -> evaluate
 
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from suite.cache import LATENCY_TABLES
 from suite.core.budget import Budget, Fidelity
 from suite.core.chain import Chain, MergeRule
 from suite.core.method import Infeasible, PlanContext, Progress
@@ -37,9 +38,6 @@ from suite.run.train import FinetuneRecipe, evaluate, finetune
 MERGE_TOLERANCE = 1e-4
 
 
-TABLE_CACHE_FILE = "latency_tables.sqlite"
-
-
 def plan_context(
     traced: TracedModel,
     profile: Profile,
@@ -57,7 +55,7 @@ def plan_context(
     cached in ``cache_dir`` (none: not cached, as under a replay profile).
     """
     shape = (3, traced.chain.resolution, traced.chain.resolution)
-    cache = TableCache(cache_dir / TABLE_CACHE_FILE) if cache_dir is not None else None
+    cache = TableCache(cache_dir / LATENCY_TABLES) if cache_dir is not None else None
 
     def screen(network: nn.Module) -> LatencyResult:
         return measure(network, profile, shape, protocol=profile.table_protocol)

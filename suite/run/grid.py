@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from suite.cache import BASE_WEIGHTS, LATENCY_TABLES, cache_root
 from suite.console import Steps, logger, step_progress
 from suite.core.budget import Budget
 from suite.core.method import PlanContext
@@ -53,8 +54,9 @@ from suite.errors import DepthbenchError
 from suite.measure.backends import get_backend
 from suite.measure.harness import capture_environment
 from suite.measure.profiles import Profile, load_profile
-from suite.measure.tables import TableCache, default_cache_path
-from suite.run.cell import TABLE_CACHE_FILE, plan_context, run_cell
+from suite.measure.tables import TableCache
+from suite.provenance import code_version, config_hash
+from suite.run.cell import plan_context, run_cell
 from suite.run.config import DatasetConfig, Experiment
 from suite.run.data import DataSplits, load_data
 from suite.run.executors import Executor, Resources
@@ -63,8 +65,6 @@ from suite.run.store import (
     Claim,
     ResultsStore,
     StoredDifferently,
-    code_version,
-    config_hash,
     read_consolidated,
 )
 from suite.run.train import load_checkpoint, train_base
@@ -185,7 +185,7 @@ def base_weights(
         experiment.model.name,
         experiment_data(experiment.dataset),
         experiment.base.train,
-        default_cache_path().parent / "base",
+        cache_root() / BASE_WEIGHTS,
         width=experiment.model.width,
         progress=report,
     )
@@ -353,7 +353,7 @@ def check_environment(experiment: Experiment) -> None:
             )
     model = experiment.model
     trace_model(model.name, model.width, data.num_classes, data.resolution)
-    TableCache(default_cache_path().parent / TABLE_CACHE_FILE)
+    TableCache(cache_root() / LATENCY_TABLES)
 
 
 def _claim(store: ResultsStore, run_id: str, todo: list[Cell]) -> tuple[list[Cell], list[Claim]]:
@@ -392,9 +392,7 @@ def make_cell_runner(
     that they fit the network. ``check_environment`` comes first, as in ``run_experiment``."""
     weights = base_weights(experiment, progress)
     traced = base_network(experiment, weights)
-    return CellRunner(
-        experiment, weights, traced.chain.name, run_id, code_version(), default_cache_path().parent
-    )
+    return CellRunner(experiment, weights, traced.chain.name, run_id, code_version(), cache_root())
 
 
 def _by_profile(cells: list[Cell]) -> list[tuple[Profile, list[Cell]]]:

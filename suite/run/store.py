@@ -21,17 +21,14 @@ stay), and a ``records.parquet`` that is damaged or not a depthbench table is na
 """
 
 import errno
-import hashlib
 import json
 import os
 import socket
-import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -46,10 +43,11 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from suite.core.budget import Budget
 from suite.errors import DepthbenchError
+from suite.files import atomic_write
+from suite.provenance import code_version
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # safe as one path component
 
@@ -118,34 +116,6 @@ class CellRecord(BaseModel):
         return self
 
 
-def config_hash(obj: Any) -> str:
-    """sha256 of ``obj`` as canonical JSON: equal configurations give equal hashes, on any machine.
-
-    Accepts JSON-like data, pydantic models, dataclasses and paths; key order does not matter and
-    tuples hash like lists.
-    """
-    try:
-        canonical = json.dumps(
-            to_jsonable_python(obj), sort_keys=True, separators=(",", ":"), allow_nan=False
-        )
-    except (PydanticSerializationError, ValueError) as error:
-        raise DepthbenchError(f"cannot hash configuration {obj!r}: {error}") from error
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def code_version() -> str:
-    """The git commit the suite runs from ('+dirty' with uncommitted changes), else its version."""
-    checkout = Path(__file__).resolve().parents[2]
-    if not (checkout / ".git").exists():
-        return metadata.version("depthbench")
-    try:
-        commit = _git(checkout, "rev-parse", "HEAD")
-        changes = _git(checkout, "status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.CalledProcessError):  # no git, or a checkout without commits
-        return metadata.version("depthbench")
-    return commit + ("+dirty" if changes else "")
-
-
 @dataclass(frozen=True)
 class Claim:
     """Who is computing a cell: a process id on a host."""
@@ -189,20 +159,10 @@ class ResultsStore:
         """
         path = self._cell_path(record.run_id, record.cell_hash)
         with _disk_errors(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
             try:
-                with os.fdopen(descriptor, "w") as handle:
-                    os.fchmod(handle.fileno(), _shared_mode())
-                    handle.write(record.model_dump_json(indent=2))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                # link, unlike os.replace, fails when the cell exists: no writer can clobber another.
-                os.link(temporary, path)
+                atomic_write(path, record.model_dump_json(indent=2), exclusive=True)
             except FileExistsError:
                 _refuse_different_content(path, record)
-            finally:
-                os.unlink(temporary)
         return path
 
     def check_writable(self, run_id: str) -> None:
@@ -243,9 +203,7 @@ class ResultsStore:
                 if holder is not None and not holder.is_stale():
                     return holder
                 mine = Claim(os.getpid(), socket.gethostname())
-                _replace_atomically(
-                    path, lambda temporary: temporary.write_text(json.dumps(vars(mine)))
-                )
+                atomic_write(path, json.dumps(vars(mine)))
         return None
 
     def release(self, run_id: str, cell_hash: str) -> None:
@@ -307,10 +265,8 @@ class ResultsStore:
                 "consolidated_at": datetime.now(UTC).isoformat(),
             }
             records_path = run_dir / "records.parquet"
-            _replace_atomically(records_path, lambda path: frame.to_parquet(path, index=False))
-            _replace_atomically(
-                manifest_path, lambda path: path.write_text(json.dumps(manifest, indent=2))
-            )
+            atomic_write(records_path, frame.to_parquet(index=False))
+            atomic_write(manifest_path, json.dumps(manifest, indent=2))
         return records_path
 
     def _cells_dir(self, run_id: str) -> Path:
@@ -429,26 +385,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise DepthbenchError(f"{path} is not valid JSON ({error}); move it away") from error
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write`` on a temporary sibling of ``path``, then move it into place in one step."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    os.fchmod(descriptor, _shared_mode())  # mkstemp's 0600 would hide results from colleagues
-    os.close(descriptor)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
-def _shared_mode() -> int:
-    """0666 less this process's umask: what ``open`` would give a new file (0644 usually)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 @contextmanager
 def _disk_errors(where: Path) -> Iterator[None]:
     """A full disk or a folder that cannot be written, as a message naming ``where``."""
@@ -466,10 +402,3 @@ def _disk_errors(where: Path) -> Iterator[None]:
                 "folder you can write to"
             ) from error
         raise
-
-
-def _git(checkout: Path, *arguments: str) -> str:
-    completed = subprocess.run(
-        ["git", "-C", str(checkout), *arguments], capture_output=True, text=True, check=True
-    )
-    return completed.stdout.strip()

@@ -1,15 +1,14 @@
 """The one fine-tuning recipe every method gets, evaluation, and base-network training.
 
-Fairness (DESIGN.md) asks that every method in a comparison is fine-tuned the same way: same
+Fairness (docs/fairness.md) asks that every method in a comparison is fine-tuned the same way: same
 optimiser, schedule, length and knowledge-distillation setting. So methods never train on their
 own; they hand their realised network to ``finetune`` with the comparison's ``FinetuneRecipe``.
 """
 
+import io
 import itertools
 import math
-import os
 import pickle
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,9 @@ from torch.utils.data import Dataset
 
 from suite.core.models import build_model
 from suite.errors import DepthbenchError
+from suite.files import atomic_write
+from suite.provenance import config_hash
 from suite.run.data import DataSplits, eval_loader, train_loader
-from suite.run.store import config_hash
 
 Progress = Callable[[int, int], None]
 """Called after every optimiser step with (steps done, total steps)."""
@@ -188,11 +188,9 @@ def train_base(
         torch.manual_seed(recipe.seed)  # the initial weights
         model = build_model(model_name, data.num_classes, width)
     finetune(model, data, recipe, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    os.close(descriptor)
-    torch.save(model.state_dict(), temporary)
-    os.replace(temporary, path)
+    weights = io.BytesIO()
+    torch.save(model.state_dict(), weights)
+    atomic_write(path, weights.getvalue())
     return path
 
 

@@ -16,9 +16,7 @@ Each repeat builds a fresh engine, since tactic choice varies between builds.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,9 +24,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from suite.cache import TENSORRT, cache_root
 from suite.errors import DepthbenchError
+from suite.files import atomic_write
 from suite.measure.backends import register_backend, run_protocol
 from suite.measure.profiles import Profile, Protocol, TensorRTSettings
+from suite.provenance import config_hash
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -51,8 +52,7 @@ def _check_available(profile: Profile) -> None:
 
 def timing_cache_path(key: dict[str, object]) -> Path:
     """The timing-cache file for ``key`` (device, CUDA or driver, TensorRT, builder config)."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path.home() / ".cache" / "depthbench" / "tensorrt" / f"timing-{digest}.cache"
+    return cache_root() / TENSORRT / f"timing-{config_hash(key)[:16]}.cache"
 
 
 def build_engine(onnx_path: Path, settings: TensorRTSettings, precision: str) -> trt.ICudaEngine:
@@ -87,10 +87,8 @@ def build_engine(onnx_path: Path, settings: TensorRTSettings, precision: str) ->
         raise DepthbenchError(
             f"TensorRT failed to build an engine from {onnx_path} (see the log above)"
         )
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache_path.with_suffix(".partial")
-    partial.write_bytes(memoryview(config.get_timing_cache().serialize()))
-    partial.replace(cache_path)  # atomic, so a concurrent build never reads half a cache
+    # atomic, so a concurrent build never reads half a cache
+    atomic_write(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     return trt.Runtime(logger).deserialize_cuda_engine(plan)
 
 
