@@ -12,6 +12,7 @@ from suite.cli import measure as cli_harness
 from suite.cli import methods as cli_methods
 from suite.cli import report as cli_report
 from suite.cli import run as cli_run
+from suite.cli import session as cli_session
 from suite.console import console, user_errors
 from suite.core.chain import MERGE_RULES
 from suite.core.export import export_onnx
@@ -112,7 +113,7 @@ def list_methods_command() -> None:
     console.print(table)
 
 
-for module in (cli_harness, cli_methods, cli_run, cli_report):
+for module in (cli_harness, cli_methods, cli_run, cli_report, cli_session):
     module.register(app)
 
 
