@@ -13,6 +13,7 @@ from suite.cli import measure as cli_harness
 from suite.cli import methods as cli_methods
 from suite.cli import report as cli_report
 from suite.cli import run as cli_run
+from suite.cli import session as cli_session
 from suite.cli.options import (
     DEFAULT_RESOLUTION,
     ModelArgument,
@@ -145,7 +146,7 @@ def list_methods_command() -> None:
     console.print(table)
 
 
-for module in (cli_harness, cli_methods, cli_run, cli_report):
+for module in (cli_harness, cli_methods, cli_run, cli_report, cli_session):
     module.register(app)
 
 

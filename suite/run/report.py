@@ -45,7 +45,8 @@ _SEEDLESS = [
 _TABLE_COLUMNS = [
     "model", "dataset", "method", "budget_kind", "budget_value", "seeds", "seed", "fidelity",
     "top1", "top1_ci_low", "top1_ci_high", "top5", "latency_ms_median", "latency_ms_ci_low",
-    "latency_ms_ci_high", "stable", "speedup", "accuracy_drop_pp", "method_front", "global_front",
+    "latency_ms_ci_high", "latency_source", "stable", "speedup", "accuracy_drop_pp", "method_front",
+    "global_front",
 ]  # fmt: skip
 _PAIRWISE_COLUMNS = [
     "model", "dataset", "budget_kind", "budget_value", "method_a", "method_b", "seeds", "top1_a",
@@ -53,7 +54,7 @@ _PAIRWISE_COLUMNS = [
     "significant", "better",
 ]  # fmt: skip
 # Columns newer than some stored runs: added empty when a run's Parquet lacks them.
-_OPTIONAL_COLUMNS = {"test_images": "Int64", "test_correct": "string"}
+_OPTIONAL_COLUMNS = {"test_images": "Int64", "test_correct": "string", "latency_source": "string"}
 _UNMEASURED_COLUMNS = [
     "model", "dataset", "method", "budget_kind", "budget_value", "seed", "status", "reason",
 ]  # fmt: skip
@@ -91,7 +92,9 @@ def aggregate_seeds(records: pd.DataFrame) -> pd.DataFrame:
     each latency has its own session noise, which the spread over seeds does not show (two seeds
     with equal top-1 give a zero-width t-interval), so the interval is the hull of the
     t-interval and the one-seed intervals: the Wilson interval of the mean top-1, the seeds'
-    latency intervals. ``stable`` only if every seed was; top-5 is the mean.
+    latency intervals. ``stable`` only if every seed was; top-5 is the mean. ``latency_source``
+    says where the latencies come from: ``session`` (the run's interleaved measurement of the
+    profile, ``suite.run.session``) or ``cell`` (measured as the cell finished).
     """
     measured = _with_optional_columns(records)
     measured = measured[measured["status"] == "ok"]
@@ -101,7 +104,7 @@ def aggregate_seeds(records: pd.DataFrame) -> pd.DataFrame:
     ]
     columns = _SEEDLESS + [
         "status", "seeds", "seed", "top1", "top1_ci_low", "top1_ci_high", "top5",
-        "latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high", "stable",
+        "latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high", "latency_source", "stable",
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
@@ -323,6 +326,7 @@ _HEADERS = {
     "top1": "top-1 % [95% CI]",
     "top5": "top-5 %",
     "latency_ms_median": "latency ms [95% CI]",
+    "latency_source": "latency from",
     "top1_diff_pp": "B - A pp [95% CI]",
     "method_a": "A",
     "method_b": "B",
@@ -366,6 +370,8 @@ def _aggregate(seeds: pd.DataFrame) -> dict[str, object]:
         "seed": ", ".join(map(str, seeds["seed"])),
         "top5": seeds["top5"].mean(),
         "stable": bool(seeds["stable"].fillna(False).all()),
+        # records from before sessions existed measured at cell time
+        "latency_source": ", ".join(sorted(set(seeds["latency_source"].fillna("cell")))),
     }
     top1 = seeds["top1"].to_numpy(dtype=float)
     latency = seeds["latency_ms_median"].to_numpy(dtype=float)
