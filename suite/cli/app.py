@@ -15,12 +15,15 @@ from suite.cli import report as cli_report
 from suite.cli import run as cli_run
 from suite.cli.options import (
     DEFAULT_RESOLUTION,
+    Format,
     ModelArgument,
     NumClasses,
+    OutputFormat,
     Resolution,
     Width,
     check_resolution,
 )
+from suite.cli.output import emit
 from suite.console import configure_logging, console, user_errors
 from suite.errors import DepthbenchError
 
@@ -35,6 +38,22 @@ app = typer.Typer(
 )
 
 
+def _print_version(requested: bool) -> None:
+    """``--version``: the package version and the code version every record carries."""
+    if not requested:
+        return
+    from importlib import metadata
+
+    try:  # provenance may live in its own module
+        from suite.provenance import code_version
+    except ImportError:
+        from suite.run.store import code_version
+
+    console.print(f"depthbench {metadata.version('depthbench')}", highlight=False)
+    console.print(f"code version {code_version()}", highlight=False)
+    raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     quiet: Annotated[
@@ -42,6 +61,15 @@ def main_options(
     ] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show debug detail too.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Show the package version and the code version (git commit) records carry.",
+        ),
     ] = False,
 ) -> None:
     # Progress and warnings go to stderr: bars on a terminal, one line per step otherwise.
@@ -131,17 +159,23 @@ def merge(
 
 
 @app.command("list-methods")
-def list_methods_command() -> None:
+def list_methods_command(output: Format = OutputFormat.table) -> None:
     """List the registered compression methods."""
     from suite.core.registry import list_methods
 
-    table = Table(title="registered methods")
-    for column in ("name", "aliases", "paper"):
-        table.add_column(column)
     with user_errors():
-        for spec in list_methods():
-            table.add_row(spec.name, ", ".join(spec.aliases), spec.paper)
-    console.print(table)
+        rows = [
+            {"name": spec.name, "aliases": list(spec.aliases), "paper": spec.paper}
+            for spec in list_methods()
+        ]
+
+    def table() -> Table:
+        shown = Table("name", "aliases", "paper", title="registered methods")
+        for row in rows:
+            shown.add_row(row["name"], ", ".join(row["aliases"]), escape(row["paper"]))
+        return shown
+
+    emit(rows, output, table)
 
 
 for module in (cli_harness, cli_methods, cli_run, cli_report):

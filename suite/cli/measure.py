@@ -6,6 +6,7 @@ becomes its message on stderr and exit code 1.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,12 +15,29 @@ import yaml
 from rich.markup import escape
 from rich.table import Table
 
-from suite.cli.options import DEFAULT_RESOLUTION, NumClasses, Resolution, Width, check_resolution
+from suite.cli.options import (
+    DEFAULT_RESOLUTION,
+    OVERRIDE_FIELDS,
+    Batch,
+    Format,
+    MinIterations,
+    MinSeconds,
+    NumClasses,
+    OutputFormat,
+    Repeats,
+    Resolution,
+    Threads,
+    WarmupS,
+    Width,
+    check_resolution,
+)
 from suite.cli.options import Profile as ProfileOption
+from suite.cli.output import emit
 from suite.console import console, err_console, step_progress, user_errors
 from suite.errors import DepthbenchError
 from suite.measure.profiles import (
     Profile,
+    derive_profile,
     detect_machine,
     list_profiles,
     load_profile,
@@ -48,22 +66,35 @@ def register(app: typer.Typer) -> None:
     app.command("table")(table_command)
 
 
-def list_command() -> None:
+def list_command(output: Format = OutputFormat.table) -> None:
     """List every profile on the search path."""
     with user_errors():
-        table = Table("name", "backend", "device", "precision", "batch", "resolution", "hash")
-        for profile in list_profiles():
-            table.add_row(
-                profile.name,
-                profile.backend,
-                _device_rule(profile),
-                profile.precision,
-                str(profile.batch),
-                str(profile.resolution or "model's"),
-                profile.hash,
-            )
-        console.print(table)
-        console.print(f"search path: {', '.join(map(str, profile_dirs()))}")
+        profiles = list_profiles()
+    rows = [
+        {
+            "name": profile.name,
+            "backend": profile.backend,
+            "device": _device_rule(profile, markup=False),
+            "precision": profile.precision,
+            "batch": profile.batch,
+            "resolution": profile.resolution,
+            "hash": profile.hash,
+        }
+        for profile in profiles
+    ]
+
+    def table() -> Table:
+        shown = Table(*rows[0] if rows else ["name"], caption=_search_path())
+        for row in rows:
+            cells = {**row, "resolution": row["resolution"] or "model's"}
+            shown.add_row(*(escape(str(value)) for value in cells.values()))
+        return shown
+
+    emit(rows, output, table)
+
+
+def _search_path() -> str:
+    return f"search path: {', '.join(map(str, profile_dirs()))}"
 
 
 def show_command(name: Annotated[str, typer.Argument(help="Profile name or YAML file.")]) -> None:
@@ -115,11 +146,12 @@ def detect_command() -> None:
         console.print(table)
 
 
-def _device_rule(profile: Profile) -> str:
+def _device_rule(profile: Profile, markup: bool = True) -> str:
     if profile.device is None:
         return "none (replay)"
     rules = [("cpu", profile.device.cpu_model), ("gpu", profile.device.gpu_name)]
-    return escape(", ".join(f"{kind} ~ {pattern}" for kind, pattern in rules if pattern))
+    rule = ", ".join(f"{kind} ~ {pattern}" for kind, pattern in rules if pattern)
+    return escape(rule) if markup else rule
 
 
 def _verdict(profile: Profile, matches: bool) -> str:
@@ -144,20 +176,105 @@ def measure_command(
     width: Width = 1.0,
     resolution: Resolution = None,
     num_classes: NumClasses = 1000,
+    warmup_s: WarmupS = None,
+    min_iterations: MinIterations = None,
+    min_seconds: MinSeconds = None,
+    repeats: Repeats = None,
+    batch: Batch = None,
+    threads: Threads = None,
+    output: Format = OutputFormat.table,
+    results_file: Annotated[
+        Path | None,
+        typer.Option(help="Also write the result as JSON here (a new file).", show_default=False),
+    ] = None,
 ) -> None:
-    """Measure one network's latency under a profile and print the statistics."""
+    """Measure one network's latency under a profile and print the statistics and throughput."""
     from suite.core.models import build_model
     from suite.measure.harness import measure
 
     with user_errors():
-        profile = load_profile(profile_name)
+        profile = overridden_profile(
+            load_profile(profile_name),
+            {
+                "--warmup-s": warmup_s,
+                "--min-iterations": min_iterations,
+                "--min-seconds": min_seconds,
+                "--repeats": repeats,
+                "--batch": batch,
+                "--threads": threads,
+            },
+        )
+        if results_file is not None:
+            _new_file(results_file, "--results-file")
         if model.endswith(".onnx"):
             result = measure(_existing(Path(model)), profile)
         else:
             size = _resolution(profile, resolution)
             network = build_model(model, num_classes=num_classes, width=width).eval()
             result = measure(network, profile, input_shape=(3, size, size))
-        console.print(_statistics_table(result, f"{model} under {profile.name}"))
+        record = result_record(model, profile, result)
+        if results_file is not None:
+            results_file.write_text(json.dumps(record, indent=2) + "\n")
+    emit(
+        record, output, lambda: _statistics_table(result, profile, f"{model} under {profile.name}")
+    )
+    if results_file is not None:
+        err_console.print(f"wrote {escape(str(results_file))}")
+
+
+def overridden_profile(profile: Profile, given: dict[str, object]) -> Profile:
+    """``profile`` itself, or with the measurement overrides given on the command line."""
+    given = {option: value for option, value in given.items() if value is not None}
+    if not given:
+        return profile
+    if profile.is_replay:
+        raise DepthbenchError(
+            f"profile {profile.name!r} replays a table and measures nothing: drop "
+            f"{', '.join(given)}, or use a measuring profile"
+        )
+    present = profile.model_dump()
+    replacements = {}
+    for option, value in given.items():
+        paths = [p for p in OVERRIDE_FIELDS[option] if present.get(p.split(".")[0]) is not None]
+        if not paths:
+            raise DepthbenchError(
+                f"{option} does not apply to backend {profile.backend!r} of profile "
+                f"{profile.name!r}; set it in a profile file instead (depthbench profiles new)"
+            )
+        replacements |= dict.fromkeys(paths, value)
+    return derive_profile(profile, replacements)
+
+
+def result_record(model: str, profile: Profile, result: LatencyResult) -> dict:
+    """One measurement as plain data: what ``--format json`` and ``--results-file`` hold."""
+    return {
+        "model": model,
+        "profile": profile.name,
+        "profile_hash": profile.hash,
+        "batch": profile.batch,
+        "throughput_per_s": throughput(profile.batch, result.median_ms),
+        # the interval of a reciprocal: the latency's bounds swapped
+        "throughput_per_s_ci_low": throughput(profile.batch, result.ci_high_ms),
+        "throughput_per_s_ci_high": throughput(profile.batch, result.ci_low_ms),
+        **result.as_record_fields(),
+        "attempts": result.attempts,
+        "environment": result.environment,
+    }
+
+
+def throughput(batch: int, median_ms: float) -> float:
+    """Samples per second: the batch over the median latency."""
+    return batch * 1000.0 / median_ms
+
+
+def _new_file(path: Path, option: str) -> None:
+    if path.exists():
+        raise DepthbenchError(f"{option} {path} exists; remove it or choose another path")
+    if not path.parent.is_dir():
+        raise DepthbenchError(
+            f"{option} {path}: the folder {path.parent} does not exist; create it or write "
+            "elsewhere"
+        )
 
 
 def table_command(
@@ -170,6 +287,12 @@ def table_command(
     cache_path: Annotated[
         Path | None, typer.Option("--cache", help="SQLite cache (default: the user cache dir).")
     ] = None,
+    warmup_s: WarmupS = None,
+    min_iterations: MinIterations = None,
+    min_seconds: MinSeconds = None,
+    repeats: Repeats = None,
+    batch: Batch = None,
+    threads: Threads = None,
 ) -> None:
     """Build (or read from the cache, or replay) a latency table; print it with its additivity."""
     from suite.core.trace import trace_model
@@ -177,7 +300,17 @@ def table_command(
     from suite.measure.tables import TableCache, additivity, build_table, default_cache_path
 
     with user_errors():
-        profile = load_profile(profile_name)
+        profile = overridden_profile(
+            load_profile(profile_name),
+            {
+                "--warmup-s": warmup_s,
+                "--min-iterations": min_iterations,
+                "--min-seconds": min_seconds,
+                "--repeats": repeats,
+                "--batch": batch,
+                "--threads": threads,
+            },
+        )
         size = _resolution(profile, resolution)
         traced = trace_model(model, width=width, num_classes=num_classes, resolution=size)
         cache = None if profile.is_replay else TableCache(cache_path or default_cache_path())
@@ -198,8 +331,8 @@ def table_command(
                 f"cache rows re-measured, {len(table.unstable)} unstable"
             )
         console.print(
-            f"{traced.chain.name} under {profile.name} ({rule} rule): {len(frame)} segments, "
-            f"{source}"
+            f"{traced.chain.name} under {profile.name} (hash {profile.hash}, {rule} rule): "
+            f"{len(frame)} segments, {source}"
         )
         console.print(
             f"T(i, j): min {frame.time_ms.min():.4g} ms, median {frame.time_ms.median():.4g} ms, "
@@ -233,10 +366,16 @@ def _resolution(profile: Profile, requested: int | None) -> int:
     return profile.resolution or requested or DEFAULT_RESOLUTION
 
 
-def _statistics_table(result: LatencyResult, title: str) -> Table:
+def _statistics_table(result: LatencyResult, profile: Profile, title: str) -> Table:
     table = Table("statistic", "value", title=escape(title))
     rows = [
         ("median", f"{result.median_ms:.4g} ms"),
+        (
+            "throughput",
+            f"{throughput(profile.batch, result.median_ms):.4g} samples/s (95% CI "
+            f"{throughput(profile.batch, result.ci_high_ms):.4g} .. "
+            f"{throughput(profile.batch, result.ci_low_ms):.4g}; batch {profile.batch})",
+        ),
         ("95% CI of the median", f"{result.ci_low_ms:.4g} .. {result.ci_high_ms:.4g} ms"),
         ("mean", f"{result.mean_ms:.4g} ms"),
         ("p90 / p95 / p99", f"{result.p90_ms:.4g} / {result.p95_ms:.4g} / {result.p99_ms:.4g} ms"),

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, get_type_hints
 
 import typer
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
@@ -42,15 +43,18 @@ from suite.cli.options import (
     DataRoot,
     Fidelity,
     FidelityOption,
+    Format,
     MethodArgument,
     ModelArgument,
+    OutputFormat,
     Profile,
     Seed,
     Width,
     check_budget,
     check_resolution,
 )
-from suite.console import Steps, console, step_progress, user_errors
+from suite.cli.output import emit
+from suite.console import Steps, err_console, step_progress, user_errors
 from suite.errors import DepthbenchError
 
 if TYPE_CHECKING:
@@ -78,6 +82,7 @@ class CellOptions:
     checkpoint: Checkpoint = None
     fidelity: FidelityOption = Fidelity.full
     seed: Seed = 0
+    output: Format = OutputFormat.table
 
 
 def cell_command(command: Callable[..., None]) -> Callable[..., None]:
@@ -135,9 +140,13 @@ def plan_command(
         plan.validate(ctx.chain)
         if out is not None:
             plan.save(out)
-    console.print(_plan_table(plan, ctx))
+    emit(
+        {**plan.to_json(), "profile": ctx.profile.name, "profile_hash": ctx.profile.hash},
+        cell.output,
+        lambda: _plan_table(plan, ctx),
+    )
     if out is not None:
-        console.print(f"wrote {escape(str(out))}")
+        err_console.print(f"wrote {escape(str(out))}")
 
 
 def compress_command(
@@ -169,9 +178,13 @@ def compress_command(
             outcome = run_cell(ctx, spec.name, None, budget)
         if outcome.status != "ok":
             raise DepthbenchError(f"{cell.method} is infeasible at this budget: {outcome.reason}")
-    console.print(_plan_table(outcome.plan, ctx))
-    console.print(
-        _cell_table(outcome.fields, f"{cell.method} on {ctx.chain.name} ({ctx.data.name})")
+    emit(
+        {"plan": outcome.plan.to_json(), **outcome.fields},
+        cell.output,
+        lambda: Group(
+            _plan_table(outcome.plan, ctx),
+            _cell_table(outcome.fields, f"{cell.method} on {ctx.chain.name} ({ctx.data.name})"),
+        ),
     )
 
 

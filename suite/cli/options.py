@@ -29,6 +29,12 @@ class Fidelity(str, Enum):
     full = "full"
 
 
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
 DEFAULT_RESOLUTION = 224  # where neither a profile nor the data fixes one
 
 ModelArgument = Annotated[
@@ -76,6 +82,16 @@ FidelityOption = Annotated[
 ]
 
 
+Format = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--format",
+        "-f",
+        help="table (for people), json or csv (for scripts: on stdout, nothing else there).",
+    ),
+]
+
+
 def check_budget(value: float) -> float:
     """``--budget`` must be a positive finite number."""
     if not (math.isfinite(value) and value > 0):
@@ -93,3 +109,42 @@ def check_resolution(value: int | None, option: str = "--resolution") -> int | N
             f"{option} {value} is not a resolution: give a positive number of pixels, e.g. 224"
         )
     return value
+
+
+# Measurement overrides, as trtexec and timm's benchmark.py spell them. They make a derived profile
+# (``suite.measure.profiles.derive_profile``), so the result carries its own content hash.
+WarmupS = Annotated[
+    float | None,
+    typer.Option("--warmup-s", help="Override the protocols' warm-up seconds.", show_default=False),
+]
+MinIterations = Annotated[
+    int | None,
+    typer.Option(help="Override the protocols' minimum timed iterations.", show_default=False),
+]
+MinSeconds = Annotated[
+    float | None,
+    typer.Option(help="Override the protocols' minimum timed seconds.", show_default=False),
+]
+Repeats = Annotated[
+    int | None,
+    typer.Option(help="Override the protocols' repeats (fresh sessions).", show_default=False),
+]
+Batch = Annotated[
+    int | None, typer.Option(help="Override the profile's batch size.", show_default=False)
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        help="Override the backend's thread count (onnxruntime, torch).", show_default=False
+    ),
+]
+
+# option -> the profile fields it replaces; the two protocols move together
+OVERRIDE_FIELDS = {
+    "--warmup-s": ("protocol.warmup_s", "table_protocol.warmup_s"),
+    "--min-iterations": ("protocol.min_iterations", "table_protocol.min_iterations"),
+    "--min-seconds": ("protocol.min_seconds", "table_protocol.min_seconds"),
+    "--repeats": ("protocol.repeats", "table_protocol.repeats"),
+    "--batch": ("batch",),
+    "--threads": ("onnxruntime.intra_op_threads", "torch.threads"),
+}

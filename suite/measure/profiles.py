@@ -28,12 +28,19 @@ import platform
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from suite.errors import DepthbenchError
 from suite.yaml_input import load_yaml_model
@@ -337,3 +344,28 @@ def read_profile(path: Path) -> Profile:
             f"{path.stem!r}"
         )
     return profile
+
+
+def derive_profile(profile: Profile, replacements: Mapping[str, Any]) -> Profile:
+    """A copy of ``profile`` with fields replaced, validated like a profile file.
+
+    ``replacements`` maps dotted field paths (``batch``, ``protocol.repeats``) to values. The copy
+    keeps the name and says what was replaced in its description; its content hash differs, so
+    results measured under it never mix with the original's.
+    """
+    content = profile.model_dump(mode="json")
+    for path, value in replacements.items():
+        *sections, field = path.split(".")
+        target = content
+        for section in sections:
+            target = target[section]
+        target[field] = value
+    changes = ", ".join(f"{path}={value}" for path, value in replacements.items())
+    content["description"] = f"{profile.description.rstrip()} Derived: {changes}."
+    try:
+        return Profile.model_validate(content)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise DepthbenchError(
+            f"profile {profile.name!r} with {changes} is not valid: {problems}"
+        ) from None

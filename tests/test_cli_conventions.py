@@ -1,0 +1,250 @@
+"""Everyday command-line conventions: --version, machine-readable output, measurement overrides,
+env, profile templates, the cache, method configs, run selection, artefacts and CI compare.
+
+Each is tested through the CLI (typer's CliRunner) against something computed independently: the
+store's own records, a profile file written by hand, the library functions the command wraps.
+"""
+
+import csv
+import io
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from suite.cli.app import app
+from suite.measure.profiles import PROJECT_PROFILE_DIR, load_profile, read_profile
+from suite.run.store import ResultsStore, code_version
+from tests.test_report import realistic_run
+
+
+def invoke(*arguments: str, env: dict | None = None):
+    return CliRunner().invoke(app, list(arguments), env={"COLUMNS": "200", **(env or {})})
+
+
+def text(result) -> str:
+    return " ".join(result.output.split())
+
+
+def stdout_of(result) -> str:
+    """What the command wrote to stdout alone: JSON and CSV must parse without stderr's lines."""
+    return result.stdout
+
+
+# 1. --version
+
+
+def test_version_shows_the_package_and_the_code_version_records_carry():
+    result = invoke("--version")
+
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["depthbench 0.1.0", f"code version {code_version()}"]
+
+
+# 2. machine-readable output
+
+
+def test_profiles_list_as_json_and_csv_holds_every_profile_with_its_hash():
+    expected = {profile.name: profile.hash for profile in map(read_profile, _project_profiles())}
+
+    as_json = json.loads(stdout_of(invoke("profiles", "list", "--format", "json")))
+    as_csv = list(csv.DictReader(io.StringIO(stdout_of(invoke("profiles", "list", "-f", "csv")))))
+
+    assert {row["name"]: row["hash"] for row in as_json} == expected
+    assert {row["name"]: row["hash"] for row in as_csv} == expected
+    replay = next(row for row in as_json if row["name"] == "rtx2080ti-replay-mbv2-1.0")
+    assert replay["resolution"] == 224 and replay["backend"] == "replay"
+
+
+def _project_profiles():
+    return sorted(PROJECT_PROFILE_DIR.glob("*.yaml"))
+
+
+def test_list_methods_as_json():
+    rows = json.loads(stdout_of(invoke("list-methods", "--format", "json")))
+
+    by_name = {row["name"]: row for row in rows}
+    assert {"original", "dp-depth", "layerprune", "deeprebirth"} <= set(by_name)
+    assert by_name["dp-depth"]["aliases"] == ["kim2023"]
+    assert "ICML 2023" in by_name["dp-depth"]["paper"]
+
+
+# --warmup-s 0 and few iterations: the numbers are rough, the bookkeeping is what is tested
+QUICK = ["--warmup-s", "0", "--min-iterations", "5", "--min-seconds", "0", "--repeats", "2"]
+SMALL = ["mobilenet_v2", "--width", "0.5", "--resolution", "32"]
+
+
+def test_measure_as_json_with_overrides_records_the_derived_profile(tmp_path):
+    results_file = tmp_path / "result.json"
+
+    result = invoke("measure", *SMALL, *QUICK, "--batch", "2", "--threads", "1",
+                    "--format", "json", "--results-file", str(results_file))  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    record = json.loads(stdout_of(result))
+    assert json.loads(results_file.read_text()) == record
+    # the derived profile is the one a hand-written profile file with these fields gives
+    content = yaml.safe_load((PROJECT_PROFILE_DIR / "cpu-onnxruntime.yaml").read_text())
+    content["batch"] = 2
+    for protocol in ("protocol", "table_protocol"):
+        content[protocol] |= {"warmup_s": 0, "min_iterations": 5, "min_seconds": 0, "repeats": 2}
+    (tmp_path / "cpu-onnxruntime.yaml").write_text(yaml.safe_dump(content))
+    by_hand = read_profile(tmp_path / "cpu-onnxruntime.yaml")
+    assert record["profile_hash"] == by_hand.hash != load_profile("cpu-onnxruntime").hash
+    assert record["environment"]["profile_hash"] == by_hand.hash
+    assert record["batch"] == 2 and record["latency_repeats"] == 2
+    assert record["throughput_per_s"] == pytest.approx(2000 / record["latency_ms_median"])
+    assert (
+        record["throughput_per_s_ci_low"]
+        <= record["throughput_per_s"]
+        <= record["throughput_per_s_ci_high"]
+    )
+
+
+def test_measure_table_shows_throughput_beside_latency():
+    result = invoke("measure", *SMALL, *QUICK, "--batch", "3")
+
+    assert result.exit_code == 0, result.output
+    assert "samples/s (95% CI" in result.output and "batch 3)" in result.output
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["measure", *SMALL, "--batch", "0"], "with batch=0 is not valid: batch: Input should be"),
+        (["measure", *SMALL, "--repeats", "0"], "protocol.repeats: Input should be greater"),
+        (["table", "mobilenet_v2", "-p", "rtx2080ti-replay-mbv2-1.0", "--repeats", "3"],
+         "replays a table and measures nothing: drop --repeats"),
+        (["measure", *SMALL, "-p", "a100-tensorrt-fp16", "--threads", "2"],
+         "--threads does not apply to backend 'tensorrt'"),
+    ],
+)  # fmt: skip
+def test_bad_overrides_are_refused_with_one_message(arguments, message):
+    result = invoke(*arguments)
+
+    assert result.exit_code == 1, result.output
+    assert message in text(result)
+    assert "Traceback" not in result.output
+
+
+def test_measure_refuses_to_overwrite_a_results_file(tmp_path):
+    (tmp_path / "result.json").write_text("{}")
+
+    result = invoke("measure", *SMALL, "--results-file", str(tmp_path / "result.json"))
+
+    assert result.exit_code == 1
+    assert "result.json exists; remove it or choose another path" in text(result)
+    assert (tmp_path / "result.json").read_text() == "{}"
+
+
+# compare in CI
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    """run-b: one cell 30% slower, one 3% slower, one 20% faster, one missing; both far beyond
+    the CIs."""
+    store = ResultsStore(tmp_path)
+    run_a = realistic_run(run_id="run-a")
+    changes = {("dp_depth", 0.8): 1.3, ("dp_depth", 0.9): 1.03, ("layerprune", 0.8): 0.8}
+    for record in run_a:
+        store.write(record)
+        key = (record.method, record.budget.value)
+        if key == ("depthshrinker", 0.6):
+            continue
+        ratio = changes.get(key, 1.0)
+        update = {"run_id": "run-b"}
+        if record.latency_ms_median is not None:
+            update |= {
+                name: getattr(record, name) * ratio
+                for name in ("latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high")
+            }
+            if ratio != 1.0:  # a tight interval, so that 3% is beyond the noise
+                update |= {
+                    "latency_ms_ci_low": update["latency_ms_median"] * 0.999,
+                    "latency_ms_ci_high": update["latency_ms_median"] * 1.001,
+                }
+        store.write(record.model_copy(update=update))
+    return tmp_path / "run-a", tmp_path / "run-b"
+
+
+def _change_of(rows, method, budget):
+    [row] = [r for r in rows if r["method"] == method and r["budget_value"] == budget]
+    return row
+
+
+def test_compare_as_json_has_ratio_percent_and_change(two_runs):
+    result = invoke("compare", *map(str, two_runs), "--format", "json")
+
+    assert result.exit_code == 0, result.output
+    rows = json.loads(stdout_of(result))
+    slower = _change_of(rows, "dp_depth", 0.8)
+    assert slower["latency_ratio"] == pytest.approx(1.3)
+    assert slower["latency_change_pct"] == pytest.approx(30)
+    assert slower["change"] == "slower"
+    assert _change_of(rows, "dp_depth", 0.9)["change"] == "slower"
+    assert _change_of(rows, "layerprune", 0.8)["change"] == "faster"
+    assert _change_of(rows, "depthshrinker", 0.6)["change"] == "missing in B"
+
+
+def test_compare_factor_ignores_small_changes_and_only_changed_hides_the_rest(two_runs):
+    result = invoke("compare", *map(str, two_runs), "--factor", "1.1", "--only-changed", "-f",
+                    "json")  # fmt: skip
+
+    rows = json.loads(stdout_of(result))
+    changes = {(row["method"], row["budget_value"]): row["change"] for row in rows}
+    assert ("dp_depth", 0.9) not in changes  # 3% < 10%
+    assert changes[("dp_depth", 0.8)] == "slower"
+    assert changes[("layerprune", 0.8)] == "faster"  # 1 / 0.8 = 1.25 >= 1.1
+    assert all(changes.values())
+
+
+def test_compare_fails_on_regression_only_when_asked(two_runs):
+    assert invoke("compare", *map(str, two_runs)).exit_code == 0
+
+    result = invoke("compare", *map(str, two_runs), "--fail-on-regression")
+
+    assert result.exit_code == 1
+    assert "error: 3 regressions" in text(result)  # two slower, one missing
+    reverse = invoke("compare", *map(str, reversed(two_runs)), "--fail-on-regression",
+                     "--factor", "1.2")  # fmt: skip
+    # against B, A is 20%+ faster on dp_depth 0.8, but layerprune 0.8 is 25% slower and the
+    # depthshrinker cell is new (not a regression)
+    assert reverse.exit_code == 1 and "error: 1 regressions" in text(reverse)
+
+
+# export
+
+
+def test_export_writes_every_column_with_the_json_columns_flattened(tmp_path):
+    nested = {
+        "method_config": {"alpha": 1.6, "solver": "upstream"},
+        "plan": {"activations": [1, 5], "meta": {"objective": 2.5}},
+        "environment": {"cpu_model": "Test CPU", "cpu_cores": 2},
+    }
+    records = [record.model_copy(update=nested) for record in realistic_run(run_id="run-a")]
+    store = ResultsStore(tmp_path / "results")
+    for record in records:
+        store.write(record)
+    out = tmp_path / "records.csv"
+
+    result = invoke("export", str(tmp_path / "results" / "run-a"), "--out", str(out))
+
+    assert result.exit_code == 0, result.output
+    exported = pd.read_csv(out).set_index("cell_hash")
+    assert len(exported) == len(records)
+    stored = store.records("run-a")
+    plain = set(stored.columns) - set(nested)
+    flattened = {"method_config.alpha", "method_config.solver", "plan.activations",
+                 "plan.meta.objective", "environment.cpu_model", "environment.cpu_cores"}  # fmt: skip
+    assert set(exported.columns) | {"cell_hash"} == plain | flattened
+    for record in records:
+        row = exported.loc[record.cell_hash]
+        assert row["method"] == record.method and row["status"] == record.status
+        if record.latency_ms_median is not None:
+            assert row["latency_ms_median"] == pytest.approx(record.latency_ms_median)
+        assert row["plan.meta.objective"] == 2.5 and row["environment.cpu_model"] == "Test CPU"
+        assert json.loads(row["plan.activations"]) == [1, 5]
+    assert invoke("export", str(tmp_path / "results" / "run-a"), "--out", str(out)).exit_code == 1
