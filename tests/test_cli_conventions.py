@@ -248,3 +248,102 @@ def test_export_writes_every_column_with_the_json_columns_flattened(tmp_path):
         assert row["plan.meta.objective"] == 2.5 and row["environment.cpu_model"] == "Test CPU"
         assert json.loads(row["plan.activations"]) == [1, 5]
     assert invoke("export", str(tmp_path / "results" / "run-a"), "--out", str(out)).exit_code == 1
+
+
+# env and cache
+
+
+def test_env_as_json_reports_what_results_record(tmp_path):
+    from suite.cli.env import cache_paths
+    from suite.measure.harness import capture_environment
+
+    (tmp_path / "depthbench" / "importance").mkdir(parents=True)
+    (tmp_path / "depthbench" / "importance" / "entry.json").write_bytes(b"x" * 1000)
+
+    result = invoke("env", "--format", "json", env={"XDG_CACHE_HOME": str(tmp_path)})
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(stdout_of(result))
+    captured = capture_environment(load_profile("cpu-onnxruntime"))
+    assert report["torch"] == captured["torch"] and report["cpu_model"] == captured["cpu_model"]
+    assert report["tensorrt"] == (captured["tensorrt"] or "not installed")
+    assert report["code_version"] == code_version()
+    assert report["caches"] == {
+        "base": 0,
+        "tables": 0,
+        "importance": 1000,
+        "tensorrt": report["caches"]["tensorrt"],
+    }  # the TensorRT cache is under ~/.cache whatever XDG says
+    assert set(cache_paths()) == {"base", "tables", "importance", "tensorrt"}
+    assert len(report["load_average"]) == 3
+    assert report["installed"].startswith(("editable", "installed", "not installed"))
+
+
+@pytest.mark.parametrize(
+    "load, cores, busy", [(1.9, 2, False), (2.0, 2, True), (7.5, 8, False), (9.0, 8, True)]
+)
+def test_env_warns_when_the_load_reaches_the_core_count(load, cores, busy):
+    from suite.cli.env import busy_warning
+
+    warning = busy_warning(load, cores)
+    assert (warning is not None) == busy
+    if busy:
+        assert f"{cores} cores: this machine is too busy to measure" in warning
+
+
+def test_cache_info_and_clear_one_kind(tmp_path):
+    cache = tmp_path / "depthbench"
+    (cache / "base").mkdir(parents=True)
+    (cache / "base" / "base-resnet18.pt").write_bytes(b"w" * 2048)
+    (cache / "latency_tables.sqlite").write_bytes(b"t" * 100)
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+
+    rows = json.loads(stdout_of(invoke("cache", "info", "-f", "json", env=env)))
+    sizes = {row["cache"]: row["bytes"] for row in rows}
+    assert sizes["base"] == 2048 and sizes["tables"] == 100 and sizes["importance"] == 0
+
+    result = invoke("cache", "clear", "--what", "tables", env=env)
+
+    assert result.exit_code == 0, result.output
+    assert "cleared tables: 100 B" in result.output
+    assert not (cache / "latency_tables.sqlite").exists()
+    assert (cache / "base" / "base-resnet18.pt").exists()  # the other kinds are kept
+
+
+# profiles new
+
+
+def test_profiles_new_writes_a_commented_valid_copy_and_never_overwrites(tmp_path):
+    env = {"DEPTHBENCH_PROFILE_PATH": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+
+    result = invoke("profiles", "new", "my-cpu", "--from", "cpu-onnxruntime", env=env)
+
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "my-cpu.yaml"
+    profile = read_profile(written)
+    origin = load_profile("cpu-onnxruntime")
+    text_written = written.read_text()
+    assert "# One intra-op thread" in text_written  # the source's comments are kept
+    assert f"from cpu-onnxruntime (hash {origin.hash})" in text_written
+    assert profile.model_dump(exclude={"name", "description"}) == origin.model_dump(
+        exclude={"name", "description"}
+    )
+    listed = json.loads(stdout_of(invoke("profiles", "list", "-f", "json", env=env)))
+    assert "my-cpu" in {row["name"] for row in listed}
+
+    written.write_text(text_written + "# my edit\n")
+    again = invoke("profiles", "new", "my-cpu", env=env)
+    assert again.exit_code == 1 and "my-cpu.yaml exists; edit it" in text(again)
+    assert written.read_text().endswith("# my edit\n")
+
+
+def test_profiles_new_goes_to_the_user_folder_without_a_profile_path(tmp_path, monkeypatch):
+    monkeypatch.delenv("DEPTHBENCH_PROFILE_PATH", raising=False)
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+
+    result = invoke("profiles", "new", "gpu-copy", "--from", "h100-tensorrt-fp16", env=env)
+
+    assert result.exit_code == 0, result.output
+    assert read_profile(tmp_path / "depthbench" / "profiles" / "gpu-copy.yaml").batch == 128
+    bad = invoke("profiles", "new", "Bad_Name", env=env)
+    assert bad.exit_code == 1 and "cannot make profile 'Bad_Name': name: String" in text(bad)

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from suite.cli import env as cli_env
 from suite.cli import measure as cli_harness
 from suite.cli import methods as cli_methods
 from suite.cli import report as cli_report
@@ -178,7 +179,7 @@ def list_methods_command(output: Format = OutputFormat.table) -> None:
     emit(rows, output, table)
 
 
-for module in (cli_harness, cli_methods, cli_run, cli_report):
+for module in (cli_harness, cli_methods, cli_run, cli_report, cli_env):
     module.register(app)
 
 

@@ -7,11 +7,13 @@ becomes its message on stderr and exit code 1.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
@@ -61,6 +63,7 @@ def register(app: typer.Typer) -> None:
     profiles.command("show")(show_command)
     profiles.command("validate")(validate_command)
     profiles.command("detect")(detect_command)
+    profiles.command("new")(new_command)
     app.add_typer(profiles, name="profiles")
     app.command("measure")(measure_command)
     app.command("table")(table_command)
@@ -124,6 +127,64 @@ def validate_command(
             console.print(f"[green]ok[/green] {path} ({profile.name}, hash {profile.hash})")
     if failures:
         raise typer.Exit(1)
+
+
+def new_command(
+    name: Annotated[str, typer.Argument(help="The new profile's name (and file name).")],
+    source: Annotated[
+        str, typer.Option("--from", help="The profile to start from (name or YAML file).")
+    ] = DEFAULT_PROFILE,
+) -> None:
+    """Write a new profile, a commented copy of another, into your profile folder."""
+    with user_errors():
+        origin = load_profile(source)
+        folder = profile_dirs()[0]  # $DEPTHBENCH_PROFILE_PATH's first entry, else the user's
+        path = folder / f"{name}.yaml"
+        if path.exists():
+            raise DepthbenchError(f"{path} exists; edit it, or choose another name")
+        text = profile_template(_profile_file(source), origin, name)
+        content = yaml.safe_load(text)
+        try:
+            Profile.model_validate(content)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            raise DepthbenchError(
+                f"cannot make profile {name!r}: {'.'.join(map(str, problem['loc']))}: "
+                f"{problem['msg']} (a name is lower-case letters, digits, '.', '_' and '-')"
+            ) from None
+        folder.mkdir(parents=True, exist_ok=True)
+        with path.open("x") as file:  # never replaces a file written meanwhile
+            file.write(text)
+        read_profile(path)
+    console.print(f"wrote {escape(str(path))}: edit it, then `depthbench profiles validate {path}`")
+
+
+def profile_template(source_file: Path, origin: Profile, name: str) -> str:
+    """``source_file``'s text, comments kept, renamed to ``name``, with a header saying how to go
+    on. Top-level YAML keys start a line, so the name and description are replaced line-wise."""
+    body = re.sub(r"^name:.*$", f"name: {name}", source_file.read_text(), count=1, flags=re.M)
+    body = re.sub(
+        r"^description:.*?(?=^\S)",
+        f"description: >-\n  Copy of {origin.name}: say what differs.\n",
+        body,
+        count=1,
+        flags=re.M | re.S,
+    )
+    header = (
+        f"# Profile {name}, made by `depthbench profiles new` from {origin.name} (hash "
+        f"{origin.hash}).\n"
+        "# Change the device rule, the backend settings and the protocols; every field is "
+        "explained in docs/measurement.md.\n"
+        "# Check it with `depthbench profiles validate`; results record its content hash.\n"
+    )
+    return header + body
+
+
+def _profile_file(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return path
+    return {p.stem: p for p in profile_files()}[name_or_path]
 
 
 def detect_command() -> None:

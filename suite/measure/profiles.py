@@ -297,16 +297,23 @@ def _read(path: str) -> str | None:
 
 
 def profile_dirs() -> list[Path]:
-    """The search path: ``$DEPTHBENCH_PROFILE_PATH`` entries first, then the project's directory."""
+    """The search path: ``$DEPTHBENCH_PROFILE_PATH`` entries first, then the user's profile folder
+    (``user_profile_dir``), then the project's directory."""
     extra = [Path(p) for p in os.environ.get(PROFILE_PATH_ENV, "").split(os.pathsep) if p]
-    return [*extra, PROJECT_PROFILE_DIR]
+    return [*extra, user_profile_dir(), PROJECT_PROFILE_DIR]
+
+
+def user_profile_dir() -> Path:
+    """``$XDG_CONFIG_HOME/depthbench/profiles`` (``~/.config`` without XDG)."""
+    root = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return root / "depthbench" / "profiles"
 
 
 def profile_files() -> list[Path]:
     """Every ``*.yaml`` on the search path; the same name twice is an error."""
     seen: dict[str, Path] = {}
     for directory in profile_dirs():
-        for path in sorted(directory.glob("*.yaml")):
+        for path in sorted(directory.glob("*.yaml")):  # none where the folder does not exist
             if path.stem in seen:
                 raise DepthbenchError(
                     f"profile {path.stem!r} is defined twice: {seen[path.stem]} and {path}; "
