@@ -347,3 +347,79 @@ def test_profiles_new_goes_to_the_user_folder_without_a_profile_path(tmp_path, m
     assert read_profile(tmp_path / "depthbench" / "profiles" / "gpu-copy.yaml").batch == 128
     bad = invoke("profiles", "new", "Bad_Name", env=env)
     assert bad.exit_code == 1 and "cannot make profile 'Bad_Name': name: String" in text(bad)
+
+
+# methods show, --config, --config-file
+
+
+def test_methods_show_lists_every_config_field_with_its_default():
+    from suite.core.registry import get_method
+
+    result = invoke("methods", "show", "kim2023", "--format", "json")
+
+    assert result.exit_code == 0, result.output
+    shown = json.loads(stdout_of(result))
+    spec = get_method("dp-depth")
+    defaults = spec.make_config().model_dump(mode="json")
+    assert shown["name"] == "dp-depth" and shown["paper"] == spec.paper
+    assert {row["field"]: row["default"] for row in shown["fields"]} == defaults
+    assert shown["schema"] == spec.config.model_json_schema()
+    assert "normalisation α" in invoke("methods", "show", "dp-depth").output
+
+
+def test_config_values_and_file_reach_the_method_config(tmp_path):
+    from suite.cli.methods import CellOptions, _checked
+
+    config_file = tmp_path / "dp.yaml"
+    config_file.write_text("alpha: 1.4\nsolver: exact\nprec: 5\n")
+    cell = CellOptions(
+        "dp-depth", "resnet18", "cpu-onnxruntime", 0.7,
+        config=["alpha=1.2", "prec=null", "add_block_end_activations=false"],
+        config_file=config_file,
+    )  # fmt: skip
+
+    _, config, _ = _checked(cell)
+
+    assert config.alpha == 1.2  # the command line wins over the file
+    assert config.solver == "exact" and config.prec is None
+    assert config.add_block_end_activations is False
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--config", "alpha"], "--config 'alpha': give key=value, e.g. --config alpha=1.2"),
+        (["--config", "alpha=abc"], "invalid config for method 'dp-depth'"),
+        (["--config", "no_such=1"], "no_such"),
+        (["--config-file", "missing.yaml"], "--config-file missing.yaml does not exist"),
+    ],
+)
+def test_bad_method_config_is_refused_before_any_work(tmp_path, options, message):
+    result = invoke("plan", "dp-depth", "mobilenet_v2", "-p", "cpu-onnxruntime", "--budget", "0.7",
+                    *options,
+                    env={"XDG_CACHE_HOME": str(tmp_path / "cache")})  # fmt: skip
+
+    assert result.exit_code == 1, result.output
+    assert message in text(result)
+    assert not (tmp_path / "cache").exists()  # no base network trained
+
+
+def test_plan_as_json_is_the_plan_file_content(tmp_path):
+    import torch
+
+    from suite.core.models import build_model
+    from suite.core.plan import Plan
+
+    checkpoint = tmp_path / "resnet18.pt"
+    torch.save(build_model("resnet18", 10).state_dict(), checkpoint)
+    out = tmp_path / "plan.json"
+
+    result = invoke("plan", "original", "resnet18", "--checkpoint", str(checkpoint),
+                    "--resolution", "16", "-p", "cpu-onnxruntime", "--budget", "1", "--out",
+                    str(out), "-f", "json",
+                    env={"XDG_CACHE_HOME": str(tmp_path / "cache")})  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    printed = json.loads(stdout_of(result))
+    assert Plan.from_json(printed) == Plan.load(out)
+    assert printed["profile_hash"] == load_profile("cpu-onnxruntime").hash

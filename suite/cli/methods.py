@@ -23,12 +23,14 @@ before any work (training the base network can take minutes).
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, get_type_hints
 
 import typer
+import yaml
 from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
@@ -45,6 +47,8 @@ from suite.cli.options import (
     FidelityOption,
     Format,
     MethodArgument,
+    MethodConfig,
+    MethodConfigFile,
     ModelArgument,
     OutputFormat,
     Profile,
@@ -58,6 +62,8 @@ from suite.console import Steps, err_console, step_progress, user_errors
 from suite.errors import DepthbenchError
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from suite.core.budget import Budget
     from suite.core.method import PlanContext
     from suite.core.plan import Plan
@@ -82,6 +88,8 @@ class CellOptions:
     checkpoint: Checkpoint = None
     fidelity: FidelityOption = Fidelity.full
     seed: Seed = 0
+    config: MethodConfig = None
+    config_file: MethodConfigFile = None
     output: Format = OutputFormat.table
 
 
@@ -109,9 +117,88 @@ def cell_command(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``plan`` and ``compress`` to ``app``."""
+    """Add ``plan``, ``compress`` and ``methods show`` to ``app``."""
     app.command("plan")(cell_command(plan_command))
     app.command("compress")(cell_command(compress_command))
+    methods = typer.Typer(help="Compression methods: show one's config.", no_args_is_help=True)
+    methods.command("show")(show_command)
+    app.add_typer(methods, name="methods")
+
+
+def show_command(method: MethodArgument, output: Format = OutputFormat.table) -> None:
+    """Show a method's paper and its config fields with their types, defaults and meaning."""
+
+    from pydantic_core import to_jsonable_python
+
+    from suite.core.registry import get_method
+
+    with user_errors():
+        spec = get_method(method)
+    schema = spec.config.model_json_schema()
+    fields = [
+        {
+            "field": name,
+            "type": _type_name(field.annotation),
+            "default": None
+            if field.is_required()
+            else to_jsonable_python(field.get_default(call_default_factory=True)),
+            "required": field.is_required(),
+            "description": field.description or "",
+        }
+        for name, field in spec.config.model_fields.items()
+    ]
+    about = {"name": spec.name, "aliases": list(spec.aliases), "paper": spec.paper}
+
+    def table() -> Table:
+        shown = Table("field", "type", "default", "description", title=escape(spec.paper))
+        for row in fields:
+            default = "(required)" if row["required"] else json.dumps(row["default"])
+            shown.add_row(
+                row["field"], escape(row["type"]), escape(default), escape(row["description"])
+            )
+        return shown
+
+    emit({**about, "fields": fields, "schema": schema}, output, table)
+
+
+def _type_name(annotation: object) -> str:
+    name = getattr(annotation, "__name__", None)
+    return (
+        name
+        if name and not getattr(annotation, "__args__", None)
+        else str(annotation).replace("typing.", "")
+    )
+
+
+def method_config(cell: CellOptions) -> dict:
+    """The method config fields of ``--config-file`` and then each ``--config key=value``."""
+    values: dict = {}
+    if cell.config_file is not None:
+        if not cell.config_file.is_file():
+            raise DepthbenchError(f"--config-file {cell.config_file} does not exist")
+        try:
+            content = yaml.safe_load(cell.config_file.read_text())
+        except yaml.YAMLError as error:
+            raise DepthbenchError(
+                f"--config-file {cell.config_file}: not valid YAML: {error}"
+            ) from None
+        if not isinstance(content or {}, dict):
+            raise DepthbenchError(
+                f"--config-file {cell.config_file}: expected a mapping of config fields "
+                f"(key: value), found {type(content).__name__}"
+            )
+        values |= content or {}
+    for item in cell.config or []:
+        key, equals, text = item.partition("=")
+        if not equals or not key.strip():
+            raise DepthbenchError(f"--config {item!r}: give key=value, e.g. --config alpha=1.2")
+        try:
+            values[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise DepthbenchError(
+                f"--config {item!r}: the value is not valid YAML: {error}"
+            ) from None
+    return values
 
 
 def plan_command(
@@ -122,7 +209,7 @@ def plan_command(
     from suite.run.train import FinetuneRecipe
 
     with user_errors():
-        spec, budget = _checked(cell)
+        spec, config, budget = _checked(cell)
         if out is not None and not out.parent.is_dir():
             raise DepthbenchError(
                 f"--out {out}: the folder {out.parent} does not exist; create it or write elsewhere"
@@ -135,7 +222,7 @@ def plan_command(
                 raise DepthbenchError(
                     f"{spec.name} does not apply to {ctx.chain.name}: {unsupported}"
                 )
-            result = spec.plan(ctx, budget, spec.make_config())
+            result = spec.plan(ctx, budget, config)
         plan = result.plan
         plan.validate(ctx.chain)
         if out is not None:
@@ -161,7 +248,7 @@ def compress_command(
     from suite.run.train import FinetuneRecipe
 
     with user_errors():
-        spec, budget = _checked(cell)
+        spec, config, budget = _checked(cell)
         if epochs is not None and steps is not None:
             raise DepthbenchError("give the fine-tuning length as --epochs or --steps, not both")
         if (epochs is not None and epochs <= 0) or (steps is not None and steps <= 0):
@@ -175,7 +262,7 @@ def compress_command(
                     f"the data is at {ctx.data.resolution}: pass --resolution "
                     f"{ctx.chain.resolution}, or use a profile with resolution: null"
                 )
-            outcome = run_cell(ctx, spec.name, None, budget)
+            outcome = run_cell(ctx, spec.name, config.model_dump(mode="json"), budget)
         if outcome.status != "ok":
             raise DepthbenchError(f"{cell.method} is infeasible at this budget: {outcome.reason}")
     emit(
@@ -188,15 +275,15 @@ def compress_command(
     )
 
 
-def _checked(cell: CellOptions) -> tuple[MethodSpec, Budget]:
-    """The method (its default config validated) and the budget, checked before any work."""
+def _checked(cell: CellOptions) -> tuple[MethodSpec, BaseModel, Budget]:
+    """The method, its config (validated) and the budget, checked before any work."""
     from suite.core.budget import Budget
     from suite.core.registry import get_method
 
     spec = get_method(cell.method)
-    spec.make_config()
+    config = spec.make_config(method_config(cell))
     check_resolution(cell.resolution)
-    return spec, Budget(kind=cell.budget_kind.value, value=check_budget(cell.budget))
+    return spec, config, Budget(kind=cell.budget_kind.value, value=check_budget(cell.budget))
 
 
 def setup_context(cell: CellOptions, recipe: FinetuneRecipe, steps: Steps) -> PlanContext:

@@ -82,6 +82,21 @@ FidelityOption = Annotated[
 ]
 
 
+MethodConfig = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--config",
+        help="A method config field, key=value (value read as YAML: 1.2, true, [1, 2]); "
+        "repeatable; wins over --config-file. Fields: depthbench methods show METHOD.",
+        show_default=False,
+    ),
+]
+MethodConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config-file", help="Method config fields as a YAML mapping.", show_default=False
+    ),
+]
 Format = Annotated[
     OutputFormat,
     typer.Option(
