@@ -423,3 +423,103 @@ def test_plan_as_json_is_the_plan_file_content(tmp_path):
     printed = json.loads(stdout_of(result))
     assert Plan.from_json(printed) == Plan.load(out)
     assert printed["profile_hash"] == load_profile("cpu-onnxruntime").hash
+
+
+# runs: selection, dry run, retry, list, summary
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """test_runner's three-cell experiment (one cell fails: a table budget depthshrinker does not
+    plan in), with its test profiles and a private cache."""
+    from tests.test_runner import PROFILES, TINY, write_experiment
+
+    monkeypatch.setenv("DEPTHBENCH_PROFILE_PATH", str(PROFILES))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return write_experiment(tmp_path, TINY), tmp_path / "results"
+
+
+def test_selection_fills_the_full_experiments_run_and_dry_run_shows_it(tiny):
+    from suite.run.config import load_experiment
+    from suite.run.grid import default_run_id, grid
+
+    config, results = tiny
+    full = load_experiment(config)
+    run_id = default_run_id(full, grid(full))
+
+    result = invoke("run", str(config), "--results", str(results), "--only-methods", "original")
+
+    assert result.exit_code == 0, result.output
+    [stored] = list((results / run_id / "cells").glob("*.json"))
+    original = next(cell for cell in grid(full) if cell.method == "original")
+    assert stored.stem == original.cell_hash
+    dry = invoke("run", str(config), "--results", str(results), "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "3 cells, 1 stored, 2 to run" in text(dry)
+    assert "at least" in text(dry) and "s of end-to-end timing" in text(dry)
+    assert len(list((results / run_id / "cells").glob("*.json"))) == 1  # ran nothing
+    bad = invoke("run", str(config), "--results", str(results), "--only-budgets", "0.5")
+    assert bad.exit_code == 1 and "--only-budgets: 0.5 not in the experiment" in text(bad)
+
+
+def test_retry_failed_moves_failed_cells_aside_and_runs_them_again(tiny):
+    config, results = tiny
+    first = invoke("run", str(config), "--results", str(results))
+    assert first.exit_code == 0, first.output
+    assert "1 failed" in text(first) and "failed (1):" in text(first)  # the summary says why
+    [run_dir] = [folder for folder in results.iterdir() if folder.is_dir()]
+    failed = {
+        path.name: path.read_bytes()
+        for path in (run_dir / "cells").glob("*.json")
+        if json.loads(path.read_text())["status"] == "failed"
+    }
+    assert len(failed) == 1
+
+    again = invoke("run", str(config), "--results", str(results), "--retry-failed")
+
+    assert again.exit_code == 0, again.output
+    assert "moved 1 failed cell files" in text(again)
+    moved = {path.name: path.read_bytes() for path in (run_dir / "cells" / "failed").iterdir()}
+    assert moved == failed  # kept byte for byte
+    [name] = failed
+    assert (run_dir / "cells" / name).exists()  # run again (and failed again)
+    invoke("run", str(config), "--results", str(results), "--retry-failed")
+    assert {p.name for p in (run_dir / "cells" / "failed").iterdir()} == {
+        name,
+        name.replace(".json", ".1.json"),
+    }
+
+    listed = json.loads(stdout_of(invoke("runs", "list", str(results), "-f", "json")))
+    assert listed == [{
+        "run_id": run_dir.name, "cells": 3, "cells_by_status": listed[0]["cells_by_status"],
+        "consolidated": True, "failed_moved_aside": 2,
+    }]  # fmt: skip
+    assert listed[0]["cells_by_status"]["failed"] == 1
+
+
+def test_run_summary_counts_unstable_cells_and_missed_budgets():
+    from suite.cli.run import budget_missed, run_summary
+    from suite.run.store import records_frame
+
+    records = realistic_run()
+    base = next(r for r in records if r.method == "original").latency_ms_median
+    # one cell over its fraction budget, one unstable, one over a ms budget
+    changed = []
+    for record in records:
+        if (record.method, record.budget.value) == ("dp_depth", 0.8):
+            record = record.model_copy(update={"latency_ms_median": 0.85 * base})
+        elif (record.method, record.budget.value) == ("layerprune", 0.7):
+            record = record.model_copy(update={"stable": False})
+        changed.append(record)
+    frame = records_frame(changed)
+    # an independent target: the budget times the original's latency, for every ok cell
+    ok = frame[(frame["status"] == "ok") & (frame["budget_kind"] == "fraction")]
+    expected = ok[ok["latency_ms_median"] > ok["budget_value"] * base]
+
+    missed = budget_missed(frame)
+
+    assert sorted(missed["cell_hash"]) == sorted(expected["cell_hash"])
+    assert ("dp_depth", 0.8) in set(zip(missed["method"], missed["budget_value"], strict=True))
+    [counts, *why] = run_summary(frame)
+    assert f"1 unstable, {len(expected)} budget missed" in counts
+    assert any(line.startswith("  infeasible (1):") for line in why)
