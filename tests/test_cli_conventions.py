@@ -523,3 +523,98 @@ def test_run_summary_counts_unstable_cells_and_missed_budgets():
     [counts, *why] = run_summary(frame)
     assert f"1 unstable, {len(expected)} budget missed" in counts
     assert any(line.startswith("  infeasible (1):") for line in why)
+
+
+# artefacts: the plan's network, merge --checkpoint, compress --save-onnx/--save-state-dict
+
+
+@pytest.fixture
+def resnet18_checkpoint(tmp_path):
+    import torch
+
+    from suite.core.models import build_model
+    from tests.conftest import randomize_batchnorm
+
+    torch.manual_seed(0)
+    path = tmp_path / "resnet18.pt"
+    torch.save(randomize_batchnorm(build_model("resnet18", 10)).state_dict(), path)
+    return path
+
+
+def onnx_output(path, inputs):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: inputs})[0]
+
+
+def test_a_plan_records_its_network_and_merge_refuses_another(tmp_path, resnet18_checkpoint):
+    import numpy as np
+    import torch
+
+    from suite.core.plan import Plan
+    from suite.core.realize import deploy_network, trainable_network
+    from suite.core.trace import trace_model
+
+    plan_path = tmp_path / "plan.json"
+    made = invoke("plan", "original", "resnet18", "--checkpoint", str(resnet18_checkpoint),
+                  "--resolution", "16", "-p", "cpu-onnxruntime", "--budget", "1", "--out",
+                  str(plan_path), env={"XDG_CACHE_HOME": str(tmp_path / "cache")})  # fmt: skip
+    assert made.exit_code == 0, made.output
+    assert Plan.load(plan_path).meta["network"] == {
+        "model": "resnet18", "width": 1.0, "resolution": 16, "num_classes": 10
+    }  # fmt: skip
+
+    out = tmp_path / "merged.onnx"
+    refused = invoke("merge", "resnet18", "--plan", str(plan_path), "--out", str(out))
+    assert refused.exit_code == 1 and not out.exists()
+    assert (
+        "was made for resnet18 width 1.0 at 16 px with 10 classes, not resnet18 width 1.0 at "
+        "224 px with 1000 classes: pass --resolution 16 --num-classes 10" in text(refused)
+    )
+
+    merged = invoke("merge", "resnet18", "--plan", str(plan_path), "--out", str(out),
+                    "--resolution", "16", "--num-classes", "10", "--checkpoint",
+                    str(resnet18_checkpoint))  # fmt: skip
+    assert merged.exit_code == 0, merged.output
+    traced = trace_model("resnet18", num_classes=10, resolution=16)
+    traced.model.load_state_dict(torch.load(resnet18_checkpoint))
+    traced.model.eval()
+    inputs = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        expected = traced.model(torch.from_numpy(inputs)).numpy()  # the unmerged network
+    np.testing.assert_allclose(onnx_output(out, inputs), expected, rtol=1e-3, atol=1e-4)
+    assert Plan.load(plan_path) == Plan.original(traced.chain)
+    deploy_network(trainable_network(traced, Plan.load(plan_path)))  # the plan fits
+
+
+def test_compress_saves_the_deploy_network_as_onnx_and_state_dict(tmp_path, resnet18_checkpoint):
+    import numpy as np
+    import torch
+
+    from suite.core.plan import Plan
+    from suite.core.realize import deploy_network, trainable_network
+    from suite.core.trace import trace_model
+    from tests.test_runner import PROFILES
+
+    onnx_path, state_path = tmp_path / "deploy.onnx", tmp_path / "deploy.pt"
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "DEPTHBENCH_PROFILE_PATH": str(PROFILES)}
+
+    result = invoke("compress", "original", "resnet18", "--checkpoint", str(resnet18_checkpoint),
+                    "--resolution", "16", "-p", "test-cpu-fast", "--budget", "1", "--steps", "1",
+                    "--save-onnx", str(onnx_path), "--save-state-dict", str(state_path),
+                    "-f", "json", env=env)  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    fields = json.loads(stdout_of(result))
+    traced = trace_model("resnet18", num_classes=10, resolution=16)
+    deploy = deploy_network(trainable_network(traced, Plan.from_json(fields["plan"]))).eval()
+    deploy.load_state_dict(torch.load(state_path))  # the state dict fits the plan's network
+    batch = read_profile(PROFILES / "test-cpu-fast.yaml").batch  # the ONNX file is at its batch
+    inputs = np.random.default_rng(0).standard_normal((batch, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        expected = deploy(torch.from_numpy(inputs)).numpy()
+    np.testing.assert_allclose(onnx_output(onnx_path, inputs), expected, rtol=1e-3, atol=1e-4)
+    again = invoke("compress", "original", "resnet18", "-p", "test-cpu-fast", "--budget", "1",
+                   "--save-onnx", str(onnx_path), env=env)  # fmt: skip
+    assert again.exit_code == 1 and "deploy.onnx exists; remove it" in text(again)

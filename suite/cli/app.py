@@ -16,13 +16,16 @@ from suite.cli import report as cli_report
 from suite.cli import run as cli_run
 from suite.cli.options import (
     DEFAULT_RESOLUTION,
+    Checkpoint,
     Format,
     ModelArgument,
     NumClasses,
     OutputFormat,
     Resolution,
     Width,
+    check_plan_network,
     check_resolution,
+    plan_network,
 )
 from suite.cli.output import emit
 from suite.console import configure_logging, console, user_errors
@@ -136,8 +139,10 @@ def merge(
     width: Width = 1.0,
     resolution: Resolution = None,
     num_classes: NumClasses = 1000,
+    checkpoint: Checkpoint = None,
 ) -> None:
     """Build a plan's deploy network (BN folded, groups merged) and export it to ONNX, checked."""
+    from suite.cli.methods import load_weights
     from suite.core.export import export_onnx
     from suite.core.plan import Plan
     from suite.core.realize import deploy_network, trainable_network
@@ -150,7 +155,10 @@ def merge(
                 f"--out {out}: the folder {out.parent} does not exist; create it or write elsewhere"
             )
         the_plan = Plan.load(plan)
+        check_plan_network(the_plan.meta, plan, plan_network(model, width, resolution, num_classes))
         traced = trace_model(model, width=width, num_classes=num_classes, resolution=resolution)
+        if checkpoint is not None:
+            load_weights(traced, checkpoint)
         deploy = deploy_network(trainable_network(traced, the_plan))
         export_onnx(deploy, (1, 3, resolution, resolution), out)
     groups = the_plan.groups(traced.chain)

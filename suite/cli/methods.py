@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, get_type_hints
 
@@ -55,13 +55,16 @@ from suite.cli.options import (
     Seed,
     Width,
     check_budget,
+    check_new_file,
     check_resolution,
+    plan_network,
 )
 from suite.cli.output import emit
 from suite.console import Steps, err_console, step_progress, user_errors
 from suite.errors import DepthbenchError
 
 if TYPE_CHECKING:
+    import torch
     from pydantic import BaseModel
 
     from suite.core.budget import Budget
@@ -223,7 +226,8 @@ def plan_command(
                     f"{spec.name} does not apply to {ctx.chain.name}: {unsupported}"
                 )
             result = spec.plan(ctx, budget, config)
-        plan = result.plan
+        network = plan_network(cell.model, cell.width, ctx.chain.resolution, ctx.data.num_classes)
+        plan = replace(result.plan, meta={**result.plan.meta, "network": network})
         plan.validate(ctx.chain)
         if out is not None:
             plan.save(out)
@@ -242,6 +246,18 @@ def compress_command(
         float | None, typer.Option(help="Fine-tuning epochs (default 1; or give --steps).")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Fine-tuning optimiser steps.")] = None,
+    save_onnx: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the deploy network as ONNX here (a new file).", show_default=False
+        ),
+    ] = None,
+    save_state_dict: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the deploy network's state dict here (a new file).", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Plan, fine-tune, merge, measure and evaluate one cell; print its result."""
     from suite.run.cell import run_cell
@@ -249,6 +265,8 @@ def compress_command(
 
     with user_errors():
         spec, config, budget = _checked(cell)
+        check_new_file(save_onnx, "--save-onnx")
+        check_new_file(save_state_dict, "--save-state-dict")
         if epochs is not None and steps is not None:
             raise DepthbenchError("give the fine-tuning length as --epochs or --steps, not both")
         if (epochs is not None and epochs <= 0) or (steps is not None and steps <= 0):
@@ -265,6 +283,7 @@ def compress_command(
             outcome = run_cell(ctx, spec.name, config.model_dump(mode="json"), budget)
         if outcome.status != "ok":
             raise DepthbenchError(f"{cell.method} is infeasible at this budget: {outcome.reason}")
+        _save_artefacts(outcome.deploy, ctx, save_onnx, save_state_dict)
     emit(
         {"plan": outcome.plan.to_json(), **outcome.fields},
         cell.output,
@@ -273,6 +292,24 @@ def compress_command(
             _cell_table(outcome.fields, f"{cell.method} on {ctx.chain.name} ({ctx.data.name})"),
         ),
     )
+
+
+def _save_artefacts(
+    deploy: torch.nn.Module, ctx: PlanContext, onnx_path: Path | None, state_path: Path | None
+) -> None:
+    """The deploy network as the profile measured it: ONNX at its batch and resolution, and its
+    state dict."""
+    import torch
+
+    from suite.core.export import export_onnx
+
+    size = ctx.chain.resolution
+    if onnx_path is not None:
+        export_onnx(deploy, (ctx.profile.batch, 3, size, size), onnx_path)
+        err_console.print(f"wrote {escape(str(onnx_path))}")
+    if state_path is not None:
+        torch.save(deploy.state_dict(), state_path)
+        err_console.print(f"wrote {escape(str(state_path))}")
 
 
 def _checked(cell: CellOptions) -> tuple[MethodSpec, BaseModel, Budget]:
@@ -307,7 +344,7 @@ def setup_context(cell: CellOptions, recipe: FinetuneRecipe, steps: Steps) -> Pl
         width=cell.width,
         progress=lambda done, total: steps("train the base network", done, total),
     )
-    _load_weights(traced, checkpoint)
+    load_weights(traced, checkpoint)
     return plan_context(
         traced,
         profile,
@@ -333,7 +370,7 @@ def _base_recipe() -> FinetuneRecipe:
     return recipe
 
 
-def _load_weights(traced: TracedModel, checkpoint: Path) -> None:
+def load_weights(traced: TracedModel, checkpoint: Path) -> None:
     from suite.run.train import load_checkpoint
 
     try:

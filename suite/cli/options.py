@@ -72,7 +72,10 @@ Data = Annotated[str, typer.Option(help="digits, cifar10, cifar100, imagenet, im
 DataRoot = Annotated[Path | None, typer.Option(help="Local data directory (not digits).")]
 Checkpoint = Annotated[
     Path | None,
-    typer.Option(help="Base weights (a state dict); default: train once on the data, cached."),
+    typer.Option(
+        help="Base weights (a state dict). Without it, plan and compress train them once on the "
+        "data (cached) and merge uses random weights."
+    ),
 ]
 FidelityOption = Annotated[
     Fidelity,
@@ -163,3 +166,40 @@ OVERRIDE_FIELDS = {
     "--batch": ("batch",),
     "--threads": ("onnxruntime.intra_op_threads", "torch.threads"),
 }
+
+
+def check_new_file(path: Path | None, option: str) -> None:
+    """An output file must not exist yet (nothing is overwritten) and its folder must."""
+    if path is None:
+        return
+    if path.exists():
+        raise DepthbenchError(f"{option} {path} exists; remove it or choose another path")
+    if not path.parent.is_dir():
+        raise DepthbenchError(
+            f"{option} {path}: the folder {path.parent} does not exist; create it or write "
+            "elsewhere"
+        )
+
+
+def plan_network(model: str, width: float, resolution: int, num_classes: int) -> dict:
+    """What a plan file records about the network it was made for (its ``meta.network``)."""
+    return {"model": model, "width": width, "resolution": resolution, "num_classes": num_classes}
+
+
+def check_plan_network(plan_meta: dict, plan_path: Path, network: dict) -> None:
+    """Refuse a plan made for another network; plans without ``meta.network`` are not checked."""
+    made_for = plan_meta.get("network")
+    if not isinstance(made_for, dict):
+        return
+    options = {"width": "--width", "resolution": "--resolution", "num_classes": "--num-classes"}
+    differing = [key for key in network if key in made_for and made_for[key] != network[key]]
+    if not differing:
+        return
+    fix = " ".join(f"{options[key]} {made_for[key]}" for key in differing if key in options)
+    raise DepthbenchError(
+        f"plan {plan_path} was made for {made_for.get('model')} width {made_for.get('width')} at "
+        f"{made_for.get('resolution')} px with {made_for.get('num_classes')} classes, not "
+        f"{network['model']} width {network['width']} at {network['resolution']} px with "
+        f"{network['num_classes']} classes: "
+        + (f"pass {fix}" if fix else f"merge it into {made_for.get('model')}")
+    )
