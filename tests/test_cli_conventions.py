@@ -618,3 +618,29 @@ def test_compress_saves_the_deploy_network_as_onnx_and_state_dict(tmp_path, resn
     again = invoke("compress", "original", "resnet18", "-p", "test-cpu-fast", "--budget", "1",
                    "--save-onnx", str(onnx_path), env=env)  # fmt: skip
     assert again.exit_code == 1 and "deploy.onnx exists; remove it" in text(again)
+
+
+# asv
+
+
+def test_asv_tracks_only_the_records_of_the_benchmarked_commit(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from suite.run.store import records_frame
+
+    path = Path(__file__).parent.parent / "benchmarks" / "tracked.py"
+    spec = importlib.util.spec_from_file_location("tracked", path)
+    tracked = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tracked)
+    store = ResultsStore(tmp_path)
+    for run_id, version in (("default-old", "a" * 40), ("default-new", "b" * 40 + "+dirty")):
+        for record in realistic_run(run_id=run_id):
+            store.write(record.model_copy(update={"code_version": version}))
+        store.consolidate(run_id)
+
+    older = tracked.records_of("a" * 40, tmp_path)
+    assert set(older["run_id"]) == {"default-old"}
+    assert len(older) == len(records_frame(realistic_run()))
+    assert tracked.records_of("b" * 40, tmp_path) is None  # a dirty tree's records are no commit's
+    assert tracked.benchmarked_commit() == code_version().removesuffix("+dirty")
