@@ -644,3 +644,49 @@ def test_asv_tracks_only_the_records_of_the_benchmarked_commit(tmp_path):
     assert len(older) == len(records_frame(realistic_run()))
     assert tracked.records_of("b" * 40, tmp_path) is None  # a dirty tree's records are no commit's
     assert tracked.benchmarked_commit() == code_version().removesuffix("+dirty")
+
+
+# shell completion
+
+
+def complete(*words: str) -> tuple[list[str], list[str]]:
+    """What bash completion offers after ``depthbench WORDS``, and the heavy modules it loaded."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.test_cli_options import HEAVY
+
+    script = (
+        "import sys\nsys.argv = ['depthbench']\nfrom suite.cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        f"print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in {set(HEAVY)!r}))\n"
+    )
+    env = {**os.environ, "_DEPTHBENCH_COMPLETE": "complete_bash",
+           "COMP_WORDS": " ".join(["depthbench", *words]), "COMP_CWORD": str(len(words))}  # fmt: skip
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               check=True, env=env, cwd=Path(__file__).parent.parent)  # fmt: skip
+    *offered, heavy = completed.stdout.strip().splitlines()
+    return offered, heavy
+
+
+def test_completion_offers_models_methods_and_profiles_without_importing_torch():
+    from suite.core.models import KNOWN_MODELS
+    from suite.core.registry import ENTRY_POINT_GROUP, list_methods
+    from suite.measure.profiles import list_profiles
+
+    methods, heavy = complete("plan", "")
+    assert heavy == "HEAVY []"
+    registered = {name for spec in list_methods() for name in (spec.name, *spec.aliases)}
+    assert set(methods) == registered
+    models, _ = complete("plan", "dp-depth", "")
+    assert models == list(KNOWN_MODELS)
+    assert complete("measure", "res")[0] == ["resnet18", "resnet34"]
+    profiles, heavy = complete("measure", "resnet18", "--profile", "cpu-")
+    assert profiles == sorted(p.name for p in list_profiles() if p.name.startswith("cpu-"))
+    assert heavy == "HEAVY []"
+
+    from suite.cli.completion import ENTRY_POINT_GROUP as completion_group
+
+    assert completion_group == ENTRY_POINT_GROUP

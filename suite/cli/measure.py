@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
+from suite.cli.completion import complete_models, complete_profiles
 from suite.cli.options import (
     DEFAULT_RESOLUTION,
     OVERRIDE_FIELDS,
@@ -100,7 +101,11 @@ def _search_path() -> str:
     return f"search path: {', '.join(map(str, profile_dirs()))}"
 
 
-def show_command(name: Annotated[str, typer.Argument(help="Profile name or YAML file.")]) -> None:
+def show_command(
+    name: Annotated[
+        str, typer.Argument(help="Profile name or YAML file.", autocompletion=complete_profiles)
+    ],
+) -> None:
     """Print a profile's validated content and hash."""
     with user_errors():
         profile = load_profile(name)
@@ -132,7 +137,12 @@ def validate_command(
 def new_command(
     name: Annotated[str, typer.Argument(help="The new profile's name (and file name).")],
     source: Annotated[
-        str, typer.Option("--from", help="The profile to start from (name or YAML file).")
+        str,
+        typer.Option(
+            "--from",
+            help="The profile to start from (name or YAML file).",
+            autocompletion=complete_profiles,
+        ),
     ] = DEFAULT_PROFILE,
 ) -> None:
     """Write a new profile, a commented copy of another, into your profile folder."""
@@ -231,7 +241,11 @@ def _verdict(profile: Profile, matches: bool) -> str:
 
 def measure_command(
     model: Annotated[
-        str, typer.Argument(help="A model name (mobilenet_v2, resnet18...) or an .onnx file.")
+        str,
+        typer.Argument(
+            help="A model name (mobilenet_v2, resnet18...) or an .onnx file.",
+            autocompletion=complete_models,
+        ),
     ],
     profile_name: ProfileOption = DEFAULT_PROFILE,
     width: Width = 1.0,
@@ -339,7 +353,12 @@ def _new_file(path: Path, option: str) -> None:
 
 
 def table_command(
-    model: Annotated[str, typer.Argument(help="A model name: mobilenet_v2, resnet18, vgg19_bn...")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A model name: mobilenet_v2, resnet18, vgg19_bn...", autocompletion=complete_models
+        ),
+    ],
     profile_name: ProfileOption = DEFAULT_PROFILE,
     rule: Annotated[str, typer.Option(help="Merge rule: upstream or general.")] = "upstream",
     width: Width = 1.0,

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from suite.cli.completion import complete_methods, complete_models, complete_profiles
 from suite.errors import DepthbenchError
 
 
@@ -38,9 +39,16 @@ class OutputFormat(str, Enum):
 DEFAULT_RESOLUTION = 224  # where neither a profile nor the data fixes one
 
 ModelArgument = Annotated[
-    str, typer.Argument(help="mobilenet_v2, resnet18, resnet34, vgg11_bn, vgg16_bn, vgg19_bn.")
+    str,
+    typer.Argument(
+        help="mobilenet_v2, resnet18, resnet34, vgg11_bn, vgg16_bn, vgg19_bn.",
+        autocompletion=complete_models,
+    ),
 ]
-MethodArgument = Annotated[str, typer.Argument(help="A registered method (list-methods).")]
+MethodArgument = Annotated[
+    str,
+    typer.Argument(help="A registered method (list-methods).", autocompletion=complete_methods),
+]
 Width = Annotated[float, typer.Option(help="MobileNetV2 width multiplier.")]
 Resolution = Annotated[
     int | None,
@@ -59,7 +67,12 @@ DataResolution = Annotated[
     ),
 ]
 NumClasses = Annotated[int, typer.Option("--num-classes", help="Classifier outputs.")]
-Profile = Annotated[str, typer.Option("--profile", "-p", help="Profile name or YAML file.")]
+Profile = Annotated[
+    str,
+    typer.Option(
+        "--profile", "-p", help="Profile name or YAML file.", autocompletion=complete_profiles
+    ),
+]
 BudgetValue = Annotated[
     float, typer.Option("--budget", help="The latency budget, in --budget-kind units.")
 ]
