@@ -163,7 +163,8 @@ def merge(
         export_onnx(deploy, (1, 3, resolution, resolution), out)
     groups = the_plan.groups(traced.chain)
     console.print(
-        f"wrote {escape(str(out))}: {len(groups)} merged convs, {len(the_plan.activations)} activations"
+        f"wrote {escape(str(out))}: {len(groups)} merged convs, {len(the_plan.activations)} activations",
+        soft_wrap=True,  # the path stays on one line, ready to copy
     )
 
 
