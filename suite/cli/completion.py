@@ -20,22 +20,24 @@ SUITE = Path(__file__).resolve().parents[1]
 ENTRY_POINT_GROUP = "depthbench.methods"  # suite.core.registry's (a test keeps them equal)
 
 
+# typer keeps the names that start with what was typed (``incomplete``)
+
+
 def complete_models(incomplete: str) -> list[str]:
-    return _starting(model_names(), incomplete)
+    return model_names()
 
 
 def complete_methods(incomplete: str) -> list[str]:
-    return _starting(method_names(), incomplete)
+    return method_names()
 
 
 def complete_profiles(incomplete: str) -> list[str]:
     from suite.measure.profiles import profile_files
 
     try:
-        names = [path.stem for path in profile_files()]
+        return [path.stem for path in profile_files()]
     except Exception:  # a broken search path must not break the shell; the command will say why
         return []
-    return _starting(names, incomplete)
 
 
 def model_names() -> list[str]:
@@ -90,7 +92,3 @@ def _parse(path: Path) -> ast.Module:
 def _targets(node: ast.Assign | ast.AnnAssign) -> set[str]:
     targets = node.targets if isinstance(node, ast.Assign) else [node.target]
     return {target.id for target in targets if isinstance(target, ast.Name)}
-
-
-def _starting(names: list[str], incomplete: str) -> list[str]:
-    return [name for name in names if name.startswith(incomplete)]
