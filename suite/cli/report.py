@@ -13,6 +13,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -39,6 +40,12 @@ _COMPARE_COLUMNS = [
 ]  # fmt: skip
 
 
+class XAxis(StrEnum):
+    latency = "latency"
+    speedup = "speedup"
+    macs = "macs"
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``report`` and ``compare`` commands to ``app``."""
     app.command("report")(report)
@@ -51,13 +58,26 @@ def report(
     out: Annotated[
         Path | None, typer.Option(help="Where to write the report [default: RUN_DIR/report].")
     ] = None,
+    x: Annotated[
+        XAxis, typer.Option("--x", help="The accuracy plot's x axis: latency, speed-up or MACs.")
+    ] = XAxis.latency,
+    log_x: Annotated[bool, typer.Option("--log-x", help="A logarithmic x axis.")] = False,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="Report on these methods only, comma-separated (the original network stays as "
+            "the reference); fronts are then fronts among them [default: all]."
+        ),
+    ] = None,
 ) -> None:
-    """Write Pareto tables (Markdown, CSV, LaTeX, HTML) and plots (PNG, SVG) of a run."""
-    from suite.run.report import display_table, results_table, write_report
+    """Write Pareto tables (CSV, Markdown, LaTeX), plots (PNG, SVG, PDF) and an HTML page per
+    profile of a run."""
+    from suite.run.report import display_table, results_table, select_methods, write_report
 
+    chosen = [name.strip() for name in methods.split(",") if name.strip()] if methods else None
     with user_errors():
-        records = _load_run(run_dir)
-        written = write_report(records, out or run_dir / "report")
+        records = select_methods(_load_run(run_dir), chosen)
+        written = write_report(records, out or run_dir / "report", x=x.value, log_x=log_x)
         for profile_hash, profile_records in records.groupby("profile_hash"):
             table = results_table(profile_records)
             fronts = table.loc[table["method_front"], _FRONT_COLUMNS]
