@@ -89,7 +89,7 @@ class DeviceMatch(_Strict):
 
 
 class Protocol(_Strict):
-    """How one latency number is measured (pyperf/trtexec/MLPerf practice, see harness-notes §1).
+    """How one latency number is measured (pyperf/trtexec/MLPerf practice; docs/measurement.md, "The protocol").
 
     Warm up for ``warmup_s``; then time single inferences until at least ``min_iterations`` *and*
     ``min_seconds`` are reached; do that ``repeats`` times, each with a fresh session or engine.
@@ -108,7 +108,7 @@ class Protocol(_Strict):
 
 
 class OnnxRuntimeSettings(_Strict):
-    """ONNX Runtime CPU session settings (onnxruntime.ai threading docs; harness-notes §1.6)."""
+    """ONNX Runtime CPU session settings (ONNX Runtime's threading documentation; docs/measurement.md, "Backends")."""
 
     intra_op_threads: int = Field(ge=1)
     affinity: str | None = Field(
@@ -145,7 +145,7 @@ class TensorRTSettings(_Strict):
 
 
 class TrtexecSettings(TensorRTSettings):
-    """The ``trtexec`` flags on top of the builder settings (harness-notes §1.1)."""
+    """The ``trtexec`` flags on top of the builder settings (docs/measurement.md, "Backends")."""
 
     spin_wait: bool
     data_transfers: bool
