@@ -186,7 +186,7 @@ def _apply_pattern(
             f"inverted-residual blocks, but {chain.name} is not a MobileNetV2; leave 'pattern' "
             "unset to search instead"
         )
-    _warn_on_width(chain, pattern)
+    warn_on_pattern_width(chain, pattern)
     kept = published_pattern(pattern)
     plan = shrink_plan(chain, blocks, set(range(len(blocks))) - kept)
     latency, target = ctx.measure_plan(plan).median_ms, ctx.target_ms(budget)
@@ -206,7 +206,7 @@ def _apply_pattern(
     return MethodResult(plan, meta=meta)
 
 
-def _warn_on_width(chain: Chain, pattern: str) -> None:
+def warn_on_pattern_width(chain: Chain, pattern: str) -> None:
     """Patterns A-F were searched on MobileNetV2-1.4, A10-D10 on MobileNetV2-1.0."""
     width = 1.0 if pattern.endswith("10") else 1.4
     channels = chain.unit(1).conv.in_channels
