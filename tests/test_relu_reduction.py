@@ -152,7 +152,10 @@ def test_learned_alpha_plan_meets_the_budget_and_reports_its_cost(networks):
     result = plan_with(ctx, "relu-reduction", budget, criterion="learned-alpha", alpha_epochs=0.05)
 
     assert result.meta["criterion"] == "learned-alpha"
-    assert (result.meta["search_steps"], result.meta["search_images"]) == (2, 2 * 32)  # 0.05 of 40 batches
+    assert (result.meta["search_steps"], result.meta["search_images"]) == (
+        2,
+        2 * 32,
+    )  # 0.05 of 40 batches
     assert ctx.measure_plan(result.plan).median_ms <= budget.value
 
 
