@@ -213,7 +213,7 @@ def warn_on_pattern_width(chain: Chain, pattern: str) -> None:
     if channels != STEM_CHANNELS[width]:
         warnings.warn(
             PatternWidthWarning(
-                f"depthshrinker pattern {pattern} was searched on MobileNetV2-{width:g} "
+                f"depthshrinker pattern {pattern} was searched on MobileNetV2-{width:.1f} "
                 f"({STEM_CHANNELS[width]} stem channels), but {chain.name} has {channels}: the "
                 "pattern is applied as published, not searched for this network; leave "
                 "'pattern' unset to search"
