@@ -8,41 +8,57 @@ The algorithm box, as ``plan_relu_reduction`` runs it:
     1. candidates   the activations inside blocks: a BasicBlock's middle ReLU, either ReLU6 of a
                     MobileNetV2 block, a VGG ReLU with no pool after it; never the ReLU after a
                     residual addition
-    2. sensitivity  s_p = loss(base with the activation at p linearised) - loss(base), on the
-                    held-out images, without fine-tuning
+    2. score        criterion "sensitivity" (default):
+                        s_p = loss(shallow plan without the activation at p) - loss(base)
+                    on a class-stratified sample of the held-out images, without fine-tuning;
+                    criterion "learned-alpha" (SENet-style):
+                        act_p(x) = α_p · σ(x) + (1 - α_p) · x,  α_p ∈ [0, 1] from 1,
+                        loss = cross-entropy + λ · Σ_p α_p,  s_p = α_p after the training
     3. shallow      remove activations in ascending s_p; the convs on both sides of a removed
                     activation merge into one (through consecutive removals) — until the
                     measured latency meets the budget; if the candidates run out first, the
                     budget is infeasible (the search space is not extended)
 
 Faithful: block-level ReLU sensitivity deciding which ReLU goes, and the merge of the convs around
-it into a shallow block. The paper's formulas could not be checked (no code, no full text; notes
-§4), so the rest follows the notes' defaults:
+it into a shallow block. The paper's formulas could not be checked (no code, no full text), so:
 
 Interpreted:
-- sensitivity is the held-out loss increase with one candidate linearised (the notes' default;
-  the SENet-style learned α is not implemented), on at most ``holdout_images`` images of the
-  suite's holdout split (the notes propose a fixed 10k-image split of the training images);
+- sensitivity is the held-out loss increase of the network the cell would fine-tune with that one
+  activation removed: its shallow plan, the merged convs' padding moved to the first of them;
+  measured on ``holdout_images`` images drawn class-stratified (seeded) from the suite's holdout
+  split (a fixed 10k-image held-out part of the training images);
+- the learned-α variant gives each candidate one scalar gate (SENet learns them per pixel) on the
+  base network, trained with the shared recipe's optimiser for ``alpha_epochs`` (one); the gate
+  is α clamped to [0, 1] in the forward pass with a straight-through gradient (α starts at 1,
+  where a plain clamp passes no gradient), and the raw α are ranked;
 - the merge is exact (the suite's merge); the paper's reported drop in linear operations suggests
-  a private-inference cost model or an inexact shallow block, which the notes leave unresolved;
+  a private-inference cost model or an inexact shallow block, which stays unresolved;
 - the distillation of the paper is the shared recipe's KD setting, the same for every method.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-from torch.utils.data import Subset
+import math
+from typing import Literal
 
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.utils.data import Dataset
+
+from methods.depthshrinker import train_gates
 from suite.core.budget import Budget
 from suite.core.chain import Chain
 from suite.core.method import MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan
 from suite.core.realize import trainable_network
 from suite.core.registry import applies_where, register_method
+from suite.run.data import stratified_subset, train_loader
 from suite.run.train import evaluate
 
 PAPER = "Kundu et al., CVPRW 2023: Making Models Shallow Again (ReLU sensitivity, shallow blocks)"
 SMOKE_HOLDOUT_IMAGES = 256
+SMOKE_ALPHA_STEPS = 5
 
 UNSUPPORTED = "it has no activation inside a block that a merge could remove"
 
@@ -50,10 +66,19 @@ UNSUPPORTED = "it has no activation inside a block that a merge could remove"
 class ReluReductionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    criterion: Literal["sensitivity", "learned-alpha"] = Field(
+        "sensitivity",
+        description="how candidates are ranked: the held-out loss increase of removing each "
+        "alone, or a learned per-activation gate α (SENet-style)",
+    )
     holdout_images: int = Field(
-        10_000, gt=0, description="held-out training images the sensitivity is measured on"
+        10_000, gt=0, description="held-out images the sensitivity is measured on (stratified)"
     )
     batch_size: int = Field(256, gt=0, description="evaluation batch size")
+    alpha_epochs: float = Field(
+        1.0, gt=0, description="epochs of the training split the learned-α gates train for"
+    )
+    alpha_penalty: float = Field(1e-3, ge=0, description="λ of the L1 penalty on the gates α")
 
 
 def candidates(chain: Chain) -> list[int]:
@@ -70,25 +95,50 @@ def candidates(chain: Chain) -> list[int]:
     )
 
 
+def sensitivity_holdout(ctx: PlanContext, config: ReluReductionConfig) -> Dataset:
+    """The held-out images step 2 scores on: a seeded, class-stratified sample of the holdout
+    (ImageFolder lists images class by class, so its first images would be a few classes)."""
+    images = SMOKE_HOLDOUT_IMAGES if ctx.fidelity == "smoke" else config.holdout_images
+    return stratified_subset(ctx.data.holdout, images, ctx.seed)
+
+
 def sensitivities(
     ctx: PlanContext, positions: list[int], config: ReluReductionConfig
 ) -> list[float]:
-    """Step 2: the held-out loss increase of linearising each activation alone."""
-    chain = ctx.chain
-    images = SMOKE_HOLDOUT_IMAGES if ctx.fidelity == "smoke" else config.holdout_images
-    holdout = Subset(ctx.data.holdout, range(min(images, len(ctx.data.holdout))))
-    every_unit = frozenset(range(1, chain.L + 1))
+    """Step 2 (sensitivity): the held-out loss increase of each candidate's shallow plan, as the
+    cell would fine-tune it (merged convs' padding on the first of them), over the base network."""
+    holdout = sensitivity_holdout(ctx, config)
 
-    def loss(activations: frozenset[int]) -> float:
-        network = trainable_network(ctx.traced, Plan(activations, every_unit))
-        return evaluate(network, holdout, config.batch_size).loss
+    def loss(plan: Plan) -> float:
+        return evaluate(trainable_network(ctx.traced, plan), holdout, config.batch_size).loss
 
-    base = loss(chain.original_activations)
+    base = loss(Plan.original(ctx.chain))
     result = []
     for done, p in enumerate(positions, start=1):
-        result.append(loss(chain.original_activations - {p}) - base)
+        result.append(loss(shallow_plan(ctx.chain, {p})) - base)
         ctx.report("relu-reduction sensitivity", done, len(positions))
     return result
+
+
+def learned_alphas(
+    ctx: PlanContext, positions: list[int], config: ReluReductionConfig
+) -> tuple[list[float], dict[str, int]]:
+    """Step 2 (learned-alpha): one gate α_p per candidate, from 1 (the base network), trained with
+    the network on cross-entropy + λ Σ α_p; returns the raw α_p and the training's cost."""
+    alpha = nn.Parameter(torch.ones(len(positions)))
+
+    def gates() -> torch.Tensor:
+        # α clamped to [0, 1] with its gradient passed straight through: α starts at 1, where
+        # a plain clamp passes no gradient
+        return alpha + (alpha.clamp(0.0, 1.0) - alpha).detach()
+
+    def penalty() -> torch.Tensor:
+        return config.alpha_penalty * gates().sum()
+
+    steps = _alpha_steps(ctx, config)
+    gated = {p: index for index, p in enumerate(positions)}
+    cost = train_gates(ctx, gated, gates, alpha, penalty, steps, "relu-reduction learned α")
+    return alpha.detach().tolist(), cost
 
 
 def shallow_plan(chain: Chain, removed: set[int]) -> Plan:
@@ -114,14 +164,34 @@ def shallow_plan(chain: Chain, removed: set[int]) -> Plan:
 def plan_relu_reduction(
     ctx: PlanContext, budget: Budget, config: ReluReductionConfig
 ) -> MethodResult:
-    """Candidates → sensitivity → remove in ascending sensitivity until the budget is met."""
+    """Candidates → scores → remove in ascending score until the budget is met."""
     chain = ctx.chain
     positions = candidates(chain)
-    sensitivity = sensitivities(ctx, positions, config)
-    ranking = [p for _, p in sorted(zip(sensitivity, positions, strict=True))]
+    if config.criterion == "sensitivity":
+        scores = sensitivities(ctx, positions, config)
+        cost = {
+            "search_steps": 0,
+            "search_images": (len(positions) + 1) * len(sensitivity_holdout(ctx, config)),
+        }
+    else:
+        scores, cost = learned_alphas(ctx, positions, config)
+    ranking = [p for _, p in sorted(zip(scores, positions, strict=True))]  # least needed first
     what = f"relu-reduction, removing up to all {len(ranking)} candidate activations"
     plan, removed = walk_ranking(
         ranking, lambda some: shallow_plan(chain, set(some)), ctx, budget, what
     )
-    meta = {"candidates": positions, "sensitivity": sensitivity, "removed": removed}
+    meta = {
+        "criterion": config.criterion,
+        "candidates": positions,
+        "scores": scores,
+        "removed": list(removed),
+        **cost,
+    }
     return MethodResult(plan, meta=meta)
+
+
+def _alpha_steps(ctx: PlanContext, config: ReluReductionConfig) -> int:
+    if ctx.fidelity == "smoke":
+        return SMOKE_ALPHA_STEPS
+    batches = len(train_loader(ctx.data.train, ctx.recipe.batch_size, ctx.seed))
+    return math.ceil(config.alpha_epochs * batches)

@@ -47,7 +47,7 @@ RELATIVE_TOLERANCE = 1e-4
 CONFIGS = {
     "layerprune": {"batches": 2},
     "relu-reduction": {"holdout_images": 64},
-    "depthshrinker": {"search_steps": 3},
+    "depthshrinker": {"search_epochs": 0.05},
     "deeprebirth": {"layerwise_epochs": 0.05},
 }
 UNREACHABLE = Budget(kind="fraction", value=0.01)
@@ -290,9 +290,9 @@ def test_depthshrinker_latency_regulariser_lowers_the_keep_score_of_a_slow_block
     savings = [0.0] * len(blocks)
     savings[3] = 1.0
 
-    scores = search_keep_scores(ctx, blocks, savings, keep=4, steps=3, latency_weight=100.0)
+    scores, _ = search_keep_scores(ctx, blocks, savings, keep=4, steps=3, latency_weight=100.0)
 
-    assert scores[3] == 0.0 < min(score for b, score in enumerate(scores) if b != 3)
+    assert scores[3] < 0.0 < min(score for b, score in enumerate(scores) if b != 3)
 
 
 # deeprebirth

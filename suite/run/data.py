@@ -120,6 +120,38 @@ def eval_loader(dataset: Dataset, batch_size: int, workers: int = 0) -> DataLoad
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
+def stratified_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
+    """``size`` images of ``dataset`` drawn so that every class keeps its share, fixed by ``seed``;
+    the whole data set when it has no more than ``size`` images.
+
+    ImageFolder trees list their images class by class, so the first ``size`` images would cover
+    only the first classes. Here each class's images are shuffled and the classes interleaved in
+    proportion to their sizes: any prefix of that order is stratified, also when ``size`` is below
+    the number of classes (then the classes it covers are a seeded choice). The chosen images keep
+    their data-set order.
+    """
+    if size >= len(dataset):
+        return dataset
+    labels = labels_of(dataset)
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(len(labels))
+    share = np.empty(len(labels))  # how far into its shuffled class an image comes, in (0, 1]
+    for label in np.unique(labels):
+        members = shuffled[labels[shuffled] == label]
+        share[members] = (np.arange(len(members)) + rng.random()) / len(members)
+    chosen = shuffled[np.argsort(share[shuffled], kind="stable")[:size]]
+    return Subset(dataset, np.sort(chosen).tolist())
+
+
+def labels_of(dataset: Dataset) -> np.ndarray:
+    """The label of every image, read from the data set's label list (no image is loaded)."""
+    if isinstance(dataset, Subset):
+        return labels_of(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy()
+    return np.asarray(dataset.targets)  # torchvision's ImageFolder and CIFAR
+
+
 def _load_digits(resolution: int, seed: int) -> DataSplits:
     """scikit-learn's 1797 8x8 handwritten digits, upsampled bilinearly and kept in memory."""
     digits = load_digits()
