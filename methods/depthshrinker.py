@@ -59,7 +59,7 @@ from suite.core.realize import ACTIVATIONS, trainable_network
 from suite.core.registry import register_method
 from suite.errors import DepthbenchError
 from suite.measure.profiles import REFERENCE_DIR
-from suite.run.data import train_loader
+from suite.run.train import train_batches
 
 PAPER = (
     "Fu et al., ICML 2022: DepthShrinker, compressing compact networks for real-hardware efficiency"
@@ -201,8 +201,8 @@ def search_keep_scores(
     recipe = ctx.recipe
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed)
-        network = trainable_network(ctx.traced, linear).train()
-        mask = _TopKMask(len(blocks), keep)
+        network = trainable_network(ctx.traced, linear).to(recipe.placement.device).train()
+        mask = _TopKMask(len(blocks), keep).to(recipe.placement.device)
         activation = ACTIVATIONS[chain.act_kind]()
         for position, block in inner.items():
             network.units[str(position)].register_forward_hook(_masked(mask, block, activation))
@@ -215,8 +215,8 @@ def search_keep_scores(
             momentum=recipe.momentum,
             nesterov=recipe.nesterov,
         )
-        latency = torch.tensor(savings)
-        loader = train_loader(ctx.data.train, recipe.batch_size, ctx.seed)
+        latency = torch.tensor(savings, device=recipe.placement.device)
+        loader = train_batches(ctx.data.train, recipe, ctx.seed)
         batches = itertools.chain.from_iterable(itertools.repeat(loader))
         for step, (images, labels) in enumerate(itertools.islice(batches, steps), start=1):
             loss = (

@@ -81,7 +81,7 @@ def sensitivities(
 
     def loss(activations: frozenset[int]) -> float:
         network = trainable_network(ctx.traced, Plan(activations, every_unit))
-        return evaluate(network, holdout, config.batch_size).loss
+        return evaluate(network, holdout, config.batch_size, ctx.recipe.placement).loss
 
     base = loss(chain.original_activations)
     result = []

@@ -68,6 +68,14 @@ Checkpoint = Annotated[
     Path | None,
     typer.Option(help="Base weights (a state dict); default: train once on the data, cached."),
 ]
+TrainDevice = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where networks train: auto (CUDA if torch sees one, else the CPU), cpu, cuda, "
+        "cuda:N or mps. Latency is measured on the profile's device either way.",
+    ),
+]
 FidelityOption = Annotated[
     Fidelity,
     typer.Option(
