@@ -69,6 +69,7 @@ from suite.core.registry import applies_where, register_method
 from suite.errors import DepthbenchError
 from suite.measure.profiles import REFERENCE_DIR
 from suite.run.data import train_loader
+from suite.run.train import train_batches
 
 PAPER = (
     "Fu et al., ICML 2022: DepthShrinker, compressing compact networks for real-hardware efficiency"
@@ -250,8 +251,8 @@ def search_keep_scores(
     """Step 2: train a copy of the base network with masked activations; the raw keep score m_b
     of every block afterwards, and what the search cost."""
     inner = {p: b for b, (start, end) in enumerate(blocks) for p in range(start + 1, end)}
-    mask = _TopKMask(len(blocks), keep)
-    latency = torch.tensor(savings)
+    mask = _TopKMask(len(blocks), keep).to(ctx.recipe.placement.device)
+    latency = torch.tensor(savings, device=ctx.recipe.placement.device)
 
     def penalty() -> torch.Tensor:
         return latency_weight * (latency * mask()).sum()
@@ -284,7 +285,8 @@ def train_gates(
     images_seen = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed)
-        network = trainable_network(ctx.traced, linear).train()
+        network = trainable_network(ctx.traced, linear).to(recipe.placement.device).train()
+        scores.data = scores.data.to(recipe.placement.device)  # the same parameter, on the device
         activation = ACTIVATIONS[chain.act_kind]()
         for position, index in gated.items():
             network.unit(position).register_forward_hook(_gated(gates, index, activation))
@@ -297,7 +299,7 @@ def train_gates(
             momentum=recipe.momentum,
             nesterov=recipe.nesterov,
         )
-        loader = train_loader(ctx.data.train, recipe.batch_size, ctx.seed)
+        loader = train_batches(ctx.data.train, recipe, ctx.seed)
         batches = itertools.chain.from_iterable(itertools.repeat(loader))
         for step, (images, labels) in enumerate(itertools.islice(batches, steps), start=1):
             loss = F.cross_entropy(network(images), labels) + penalty()

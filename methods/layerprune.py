@@ -52,7 +52,7 @@ from suite.core.plan import Plan
 from suite.core.realize import trainable_network
 from suite.core.registry import applies_where, register_method
 from suite.errors import DepthbenchError
-from suite.run.data import train_loader
+from suite.run.train import train_batches
 
 PAPER = "Elkerdawy et al., ACCV 2020: To Filter Prune, or to Layer Prune, That Is The Question"
 SMOKE_BATCHES = 2
@@ -117,21 +117,24 @@ def filter_criteria(
 
 def _taylor_gate(ctx: PlanContext, positions: list[int], batches: int) -> dict[int, torch.Tensor]:
     """Mean over mini-batches of (∂L/∂g)², g = 1 multiplying each channel of the BN output."""
+    device = ctx.recipe.placement.device
     network = trainable_network(ctx.traced, Plan.original(ctx.chain)).eval().requires_grad_(False)
+    network.to(device)
     gates = {
-        p: torch.ones(ctx.chain.unit(p).conv.out_channels, requires_grad=True) for p in positions
+        p: torch.ones(ctx.chain.unit(p).conv.out_channels, requires_grad=True, device=device)
+        for p in positions
     }
     for p, gate in gates.items():
         network.unit(p).register_forward_hook(_gated(gate))
     scores = {p: torch.zeros_like(gate) for p, gate in gates.items()}
-    loader = train_loader(ctx.data.train, ctx.recipe.batch_size, ctx.seed)
+    loader = train_batches(ctx.data.train, ctx.recipe, ctx.seed)
     count = min(batches, len(loader))
     for done, (images, labels) in enumerate(itertools.islice(loader, count), start=1):
         loss = F.cross_entropy(network(images), labels)
         for p, grad in zip(gates, torch.autograd.grad(loss, list(gates.values())), strict=True):
             scores[p] += grad.pow(2)
         ctx.report("layerprune criteria", done, count)
-    return {p: score / count for p, score in scores.items()}
+    return {p: (score / count).cpu() for p, score in scores.items()}
 
 
 def _gated(gate: torch.Tensor):

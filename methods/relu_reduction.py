@@ -110,7 +110,8 @@ def sensitivities(
     holdout = sensitivity_holdout(ctx, config)
 
     def loss(plan: Plan) -> float:
-        return evaluate(trainable_network(ctx.traced, plan), holdout, config.batch_size).loss
+        network = trainable_network(ctx.traced, plan)
+        return evaluate(network, holdout, config.batch_size, ctx.recipe.placement).loss
 
     base = loss(Plan.original(ctx.chain))
     result = []

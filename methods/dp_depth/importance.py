@@ -153,7 +153,7 @@ class EntryScorer:
         if full:
             teacher = self.traced.model if self.recipe.kd_weight > 0 else None
             finetune(network, self.data, self.recipe, teacher=teacher)
-        accuracy = evaluate(network, self.data.holdout)
+        accuracy = evaluate(network, self.data.holdout, placement=self.recipe.placement)
         score = EntryScore(
             top1_delta=accuracy.top1 - self.base.top1,
             loss_delta=accuracy.loss - self.base.loss,
@@ -185,7 +185,7 @@ def importance_table(
     if progress:
         progress(cached, len(entries))
     if missing:
-        base = evaluate(traced.model, data.holdout)
+        base = evaluate(traced.model, data.holdout, placement=recipe.placement)
         scorer = EntryScorer(traced, data, recipe, fidelity, base, build)
         for entry, score in map(scorer, missing):
             cache.write(entry, score)

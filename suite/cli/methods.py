@@ -6,7 +6,9 @@ Both build the context a run gives a method (``suite.core.method.PlanContext``):
   the default experiment's ``base.train`` recipe (``configs/default.yaml``) and cached, in the
   same cache as ``depthbench run``, so the same model and data reuse the default run's network;
 - the data set ``--data`` at ``--resolution`` (default: the data set's own, 32 for digits);
-- the chain, traced at the profile's resolution when the profile fixes one, else the data's.
+- the chain, traced at the profile's resolution when the profile fixes one, else the data's;
+- training (the base network's, a method's own, fine-tuning) on ``--device`` (default: CUDA when
+  torch sees one), while latency is measured on the profile's device.
 
 ``plan`` runs a method's planning step only and prints the plan. Under a replay profile (e.g.
 ``rtx2080ti-replay-mbv2-1.0``) the latency side is the replayed upstream table at the profile's
@@ -54,6 +56,7 @@ from suite.cli.options import (
     OutputFormat,
     Profile,
     Seed,
+    TrainDevice,
     Width,
     check_budget,
     check_new_file,
@@ -95,6 +98,7 @@ class CellOptions:
     config: MethodConfig = None
     config_file: MethodConfigFile = None
     output: Format = OutputFormat.table
+    device: TrainDevice = "auto"
 
 
 def cell_command(command: Callable[..., None]) -> Callable[..., None]:
@@ -317,10 +321,12 @@ def _checked(cell: CellOptions) -> tuple[MethodSpec, BaseModel, Budget]:
     """The method, its config (validated) and the budget, checked before any work."""
     from suite.core.budget import Budget
     from suite.core.registry import get_method
+    from suite.run.train import resolve_device
 
     spec = get_method(cell.method)
     config = spec.make_config(method_config(cell))
     check_resolution(cell.resolution)
+    resolve_device(cell.device, "--device")
     return spec, config, Budget(kind=cell.budget_kind.value, value=check_budget(cell.budget))
 
 
@@ -330,16 +336,17 @@ def setup_context(cell: CellOptions, recipe: FinetuneRecipe, steps: Steps) -> Pl
     from suite.measure.profiles import load_profile
     from suite.run.cell import plan_context
     from suite.run.data import load_data
-    from suite.run.train import train_base
+    from suite.run.train import Compute, placed, train_base
 
     profile = load_profile(cell.profile)
     data = load_data(cell.data, cell.data_root, cell.resolution, cell.seed)
+    compute = Compute(device=cell.device)
     size = profile.resolution or data.resolution
     traced = trace_model(cell.model, cell.width, data.num_classes, size)
     checkpoint = cell.checkpoint or train_base(
         cell.model,
         data,
-        _base_recipe(),
+        placed(_base_recipe(), compute, data, "--device"),
         cache_root() / BASE_WEIGHTS,
         width=cell.width,
         progress=lambda done, total: steps("train the base network", done, total),
@@ -349,7 +356,7 @@ def setup_context(cell: CellOptions, recipe: FinetuneRecipe, steps: Steps) -> Pl
         traced,
         profile,
         data,
-        recipe,
+        placed(recipe, compute, data, "--device"),
         fidelity=cell.fidelity.value,
         seed=cell.seed,
         cache_dir=None if profile.is_replay else cache_root(),

@@ -90,6 +90,14 @@ Checkpoint = Annotated[
         "data (cached) and merge uses random weights."
     ),
 ]
+TrainDevice = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where networks train: auto (CUDA if torch sees one, else the CPU), cpu, cuda, "
+        "cuda:N or mps. Latency is measured on the profile's device either way.",
+    ),
+]
 FidelityOption = Annotated[
     Fidelity,
     typer.Option(

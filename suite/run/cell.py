@@ -127,14 +127,14 @@ def run_cell(
         teacher=teacher,
         progress=lambda d, t: ctx.report("fine-tune", d, t),
     )
-    deploy = deploy_network(trainable)
+    deploy = deploy_network(trainable.to("cpu", torch.float32))  # merging: on the CPU, in fp32
     merge_error = check_merge(trainable, deploy, ctx.chain.resolution)
     ctx.report("measure", 0, 1)
     latency = measure(
         deploy, ctx.profile, input_shape=(3, ctx.chain.resolution, ctx.chain.resolution)
     )
     ctx.report("evaluate", 0, 1)
-    accuracy = evaluate(deploy, ctx.data.test)
+    accuracy = evaluate(deploy, ctx.data.test, placement=ctx.recipe.placement)
     fields = {
         **latency.as_record_fields(),
         "environment": latency.environment,

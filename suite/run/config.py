@@ -12,8 +12,9 @@ the hardware profiles, the seeds and the one fine-tuning recipe every method get
     budgets: [0.9, 0.8, 0.7, 0.6]    # fractions of the base latency, or {kind: ms, value: 2.5}
     profiles: [cpu-onnxruntime]
     seeds: [0]
-    finetune: {steps: 40, lr: 0.02, batch_size: 64}
+    finetune: {steps: 40, lr: 0.02, batch_size: 64}   # amp: true for mixed precision on CUDA
     fidelity: full
+    compute: {device: auto, workers: 4}   # where training runs; optional, not in any hash
 
 Method names, method configs and profiles are checked against the registry and the profile search
 path when the file is read, so a typo fails before any training starts. A run measures every
@@ -47,7 +48,7 @@ from suite.core.registry import get_method, list_methods
 from suite.errors import DepthbenchError
 from suite.measure.profiles import load_profile
 from suite.run.data import KNOWN_DATASETS
-from suite.run.train import FinetuneRecipe
+from suite.run.train import Compute, FinetuneRecipe
 from suite.yaml_input import describe, load_yaml_model
 
 # The shipped experiment files: the repository's configs/ folder, installed as the data package
@@ -150,6 +151,7 @@ class Experiment(_Strict):
     seeds: list[int] = Field([0], min_length=1)
     finetune: FinetuneRecipe
     fidelity: Literal["smoke", "full"] = "full"
+    compute: Compute = Compute()
 
     @field_validator("name")
     @classmethod

@@ -4,6 +4,10 @@
 importance of a merge is scored on the holdout after fine-tuning on ``train``, which never contains
 a holdout image. ``test`` is the data set's own test (or val) split and is used only to report
 accuracy. Nothing is downloaded: ``digits`` ships with scikit-learn, the others read a local root.
+
+Training batches may be loaded by worker processes. Each training image's random augmentation is
+drawn from a seed of its own, dealt out with the shuffled order, so the crops and flips depend on
+the loader's seed only: not on how many workers load them, nor on which.
 """
 
 import copy
@@ -18,7 +22,7 @@ import torch.nn.functional as F
 import torchvision.datasets as tvd
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset, TensorDataset
 from torchvision.transforms import v2
 
 from suite.errors import DepthbenchError
@@ -40,6 +44,7 @@ class DataSplits:
     num_classes: int
     resolution: int
     seed: int  # of the holdout (and digits' test) split
+    in_memory: bool = False  # tensors held in memory: nothing for loader workers to do
 
 
 @dataclass(frozen=True)
@@ -99,25 +104,69 @@ def load_data(
     return _load_image_folders(name, Path(root), resolution or 224, seed)
 
 
-def train_loader(dataset: Dataset, batch_size: int, seed: int, workers: int = 0) -> DataLoader:
-    """Shuffled batches in an order fixed by ``seed``.
+def train_loader(
+    dataset: Dataset, batch_size: int, seed: int, workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """Shuffled batches in an order fixed by ``seed``, each image augmented under its own seed.
 
     The last partial batch is dropped (when there is more than one batch) because a batch of one
-    image breaks batch-norm training.
+    image breaks batch-norm training. ``workers`` processes load the batches (0: this process);
+    ``pin_memory`` puts them in page-locked memory, for fast copies to a CUDA device.
     """
     return DataLoader(
-        dataset,
+        _SeededItems(dataset),
         batch_size=batch_size,
-        shuffle=True,
+        sampler=_SeededOrder(dataset, seed),
+        # the workers' base seed comes from here, not from the global random state (which would
+        # then advance once per epoch without workers and once with persistent ones)
         generator=torch.Generator().manual_seed(seed),
         drop_last=len(dataset) > batch_size,
         num_workers=workers,
+        persistent_workers=workers > 0,  # not restarted every epoch
+        pin_memory=pin_memory,
     )
 
 
-def eval_loader(dataset: Dataset, batch_size: int, workers: int = 0) -> DataLoader:
+def eval_loader(
+    dataset: Dataset, batch_size: int, workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
     """Batches in data-set order, every image once."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory
+    )
+
+
+class _SeededOrder(Sampler[tuple[int, int]]):
+    """The shuffled order of the images (as ``RandomSampler`` with a generator seeded by ``seed``
+    deals it) and a seed for each image's augmentation, from a second generator."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.order = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+        self.seeds = torch.Generator().manual_seed(seed + 1)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        for index in self.order:
+            yield index, int(torch.randint(2**62, (), generator=self.seeds))
+
+
+class _SeededItems(Dataset):
+    """``dataset[index]`` drawn under the seed that comes with the index; the random state of the
+    process that loads it (this one, or a worker) is left as it was."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 def stratified_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
@@ -169,7 +218,7 @@ def _load_digits(resolution: int, seed: int) -> DataSplits:
         return TensorDataset(images[index], labels[index])
 
     return DataSplits(
-        "digits", tensors(train), tensors(holdout), tensors(test), 10, resolution, seed
+        "digits", tensors(train), tensors(holdout), tensors(test), 10, resolution, seed, True
     )
 
 

@@ -11,7 +11,8 @@ A run goes
 
 Cells are content-addressed: a cell's hash covers everything its result depends on (model, data
 set, base weights, method and full config, budget, profile hash, seed, fine-tune recipe,
-fidelity), never the code version, which is recorded instead. The run id is the experiment's name
+fidelity), never the code version nor where the cell trained (device, workers), which are
+recorded instead. The run id is the experiment's name
 plus a hash of its cells, so running the same experiment again finds its run and skips every
 finished cell, while a changed grid starts a new run. A cell is written in one step when it
 finishes (``ResultsStore.write``), so a run killed at any point loses only the cells in flight.
@@ -24,8 +25,9 @@ file out of ``cells/`` to run it again).
 What is wrong with the machine rather than with a cell is refused before anything runs, so it
 never becomes a stored result: a results folder that cannot be written, a profile whose backend
 cannot run here (its ``check_available`` says what to install), a latency cache that cannot be
-used, a resolution at which the network's feature maps vanish. A full disk or Ctrl-C stops the
-run with a message; the cells stored so far stay, and running again resumes.
+used, a resolution at which the network's feature maps vanish, a training device this machine
+lacks, mixed precision off CUDA. A full disk or Ctrl-C stops the run with a message; the cells
+stored so far stay, and running again resumes.
 
 Two runs of one experiment share its cells: each claims a cell (``ResultsStore.claim``) before
 computing it, and a run skips the cells another live run has claimed, saying so.
@@ -73,7 +75,7 @@ from suite.run.store import (
     StoredDifferently,
     read_consolidated,
 )
-from suite.run.train import load_checkpoint, train_base
+from suite.run.train import FinetuneRecipe, load_checkpoint, placed, train_base
 
 ORIGINAL = "original"
 ORIGINAL_BUDGET = Budget(kind="fraction", value=1.0)
@@ -195,10 +197,11 @@ def base_weights(
         if progress is not None:
             progress("train the base network", done, total)
 
+    data = experiment_data(experiment.dataset)
     path = train_base(
         experiment.model.name,
-        experiment_data(experiment.dataset),
-        experiment.base.train,
+        data,
+        placed(experiment.base.train, experiment.compute, data),
         cache_root() / BASE_WEIGHTS,
         width=experiment.model.width,
         progress=report,
@@ -228,10 +231,12 @@ class CellRunner:
 
     def __call__(self, cell: Cell) -> CellRecord:
         fields: dict[str, Any] = {}
+        training: dict[str, Any] = {}  # where the cell trained, once that is known
         if self.started is not None:
             self.started(cell)
         try:
             context = self._context(cell)
+            training = context.recipe.placement.record_fields()
             outcome = run_cell(context, cell.method, cell.method_config, cell.budget)
             status, reason, fields = outcome.status, outcome.reason, outcome.fields
             if outcome.deploy is not None and self.run_dir is not None:
@@ -264,7 +269,13 @@ class CellRunner:
             base_latency_ms=cell.base_latency_ms,
             target_ms=cell.target_ms,
             **fields,
+            **training,
         )
+
+    def _recipe(self, seed: int) -> FinetuneRecipe:
+        """The shared fine-tune recipe at ``seed``, placed on this process's device."""
+        recipe = self.experiment.finetune.model_copy(update={"seed": seed})
+        return placed(recipe, self.experiment.compute, experiment_data(self.experiment.dataset))
 
     def _context(self, cell: Cell) -> PlanContext:
         key = (cell.profile.hash, cell.seed)
@@ -273,7 +284,7 @@ class CellRunner:
                 base_network(self.experiment, self.weights),
                 cell.profile,
                 experiment_data(self.experiment.dataset),
-                self.experiment.finetune.model_copy(update={"seed": cell.seed}),
+                self._recipe(cell.seed),
                 fidelity=self.experiment.fidelity,
                 seed=cell.seed,
                 cache_dir=self.cache_dir,
@@ -395,6 +406,9 @@ def check_environment(experiment: Experiment) -> None:
             )
     model = experiment.model
     trace_model(model.name, model.width, data.num_classes, data.resolution)
+    for recipe in (experiment.base.train, experiment.finetune):  # a missing device, amp on CPU
+        if recipe is not None:
+            placed(recipe, experiment.compute, data)
     TableCache(cache_root() / LATENCY_TABLES)
 
 

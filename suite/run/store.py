@@ -119,6 +119,11 @@ class CellRecord(BaseModel):
     macs: int | None = None
     depth: int | None = Field(None, description="convolutions in the deployed network")
     activations: int | None = Field(None, description="activations kept")
+    train_device: str | None = Field(
+        None, description="where the cell's networks trained, e.g. 'cpu', 'cuda:0 (NVIDIA H200)'"
+    )
+    amp: str | None = Field(None, description="autocast dtype of training, or 'off' (fp32)")
+    workers: int | None = Field(None, description="data-loading processes of training")
     plan: dict[str, Any] | None = None
     environment: dict[str, Any] = Field(default_factory=dict)
     code_version: str
