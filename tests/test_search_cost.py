@@ -5,7 +5,9 @@
   (counted against the calls the context's wired ``screen`` and ``confirm`` receive);
 - ``search_steps``: from the method's metadata; dp-depth's is its importance entries (computed
   and cached) times the steps of one entry's fine-tune, 0 at smoke fidelity;
-- ``search_wall_s``: the planning call's wall time.
+- ``search_wall_s``: the planning call's wall time;
+
+and the report's results table shows them, averaged over seeds.
 
 Latencies come from the cost-model profile cpu-costmodel (deterministic).
 """
@@ -25,8 +27,11 @@ from methods.dp_depth.method import importance_cost
 from suite.core.budget import Budget
 from suite.core.trace import trace
 from suite.measure.profiles import load_profile
+from suite.provenance import config_hash
 from suite.run.cell import plan_context, run_cell
 from suite.run.data import load_data
+from suite.run.report import results_table
+from suite.run.store import CellRecord, records_frame
 from suite.run.train import FinetuneRecipe, finetune, finetune_steps
 from tests.conftest import randomize_batchnorm
 
@@ -150,3 +155,42 @@ def test_a_dp_depth_cell_carries_its_importance_cost(counted_context):
     entries = meta["importance_computed"] + meta["importance_cached"]
     assert entries > 0
     assert outcome.fields["search_steps"] == meta["search_steps"] == entries
+
+
+def stored(method: str, seed: int, **fields) -> CellRecord:
+    return CellRecord(
+        run_id="run",
+        cell_hash=config_hash([method, seed])[:16],
+        model="mobilenet_v2-0.5",
+        dataset="digits",
+        method=method,
+        budget=Budget(kind="fraction", value=1.0 if method == "original" else 0.8),
+        seed=seed,
+        profile_name="cpu-costmodel",
+        profile_hash="c" * 64,
+        status="ok",
+        fidelity="smoke",
+        code_version="test",
+        top1=90.0,
+        latency_ms_median=1.0 if method == "original" else 0.8,
+        **fields,
+    )
+
+
+def test_the_results_table_shows_the_search_cost_averaged_over_seeds():
+    cost = {"finetune_steps": 100, "latency_measurements": 4}
+    records = records_frame(
+        [
+            stored("original", 0),  # a record without the fields, as older runs stored
+            stored("layerprune", 0, search_wall_s=1.0, search_steps=10, **cost),
+            stored("layerprune", 1, search_wall_s=3.0, search_steps=30, **cost),
+        ]
+    )
+
+    table = results_table(records).set_index("method")
+
+    assert table.loc["layerprune", "search_wall_s"] == 2.0
+    assert table.loc["layerprune", "search_steps"] == 20.0
+    assert table.loc["layerprune", "finetune_steps"] == 100.0
+    assert table.loc["layerprune", "latency_measurements"] == 4.0
+    assert table.loc["original", ["search_wall_s", "search_steps"]].isna().all()

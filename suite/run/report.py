@@ -47,6 +47,8 @@ _TABLE_COLUMNS = [
     "top1", "top1_ci_low", "top1_ci_high", "top5", "latency_ms_median", "latency_ms_ci_low",
     "latency_ms_ci_high", "stable", "speedup", "accuracy_drop_pp", "method_front", "global_front",
 ]  # fmt: skip
+# What each method spent on its search (mean over seeds); stored runs older than it show nothing.
+_SEARCH_COST = ["search_wall_s", "search_steps", "finetune_steps", "latency_measurements"]
 _PAIRWISE_COLUMNS = [
     "model", "dataset", "budget_kind", "budget_value", "method_a", "method_b", "seeds", "top1_a",
     "top1_b", "top1_diff_pp", "diff_ci_low", "diff_ci_high", "only_a", "only_b", "mcnemar_p",
@@ -109,7 +111,8 @@ def aggregate_seeds(records: pd.DataFrame) -> pd.DataFrame:
 def results_table(records: pd.DataFrame) -> pd.DataFrame:
     """The measured cells of ONE profile, aggregated over seeds (``aggregate_seeds``): top-1 and
     latency with their 95% intervals, speed-up and accuracy drop against the ``original``
-    network of the same model and data set, and front membership of the aggregates.
+    network of the same model and data set, front membership of the aggregates, and the search
+    cost (``_SEARCH_COST``, the seeds' mean).
 
     Records of several profile hashes are refused: their latencies are not comparable.
     """
@@ -127,11 +130,18 @@ def results_table(records: pd.DataFrame) -> pd.DataFrame:
         .mean()
         .rename(columns={"latency_ms_median": "baseline_ms", "top1": "baseline_top1"})
     )
-    frame = frame.join(baseline, on=_NETWORK)
+    frame = frame.join(baseline, on=_NETWORK).merge(search_cost(records), on=_SEEDLESS, how="left")
     frame["speedup"] = frame["baseline_ms"] / frame["latency_ms_median"]
     frame["accuracy_drop_pp"] = frame["baseline_top1"] - frame["top1"]
     ordered = frame.sort_values(["model", "dataset", "method", "latency_ms_median"])
-    return ordered[_TABLE_COLUMNS].reset_index(drop=True)
+    return ordered[_TABLE_COLUMNS + _SEARCH_COST].reset_index(drop=True)
+
+
+def search_cost(records: pd.DataFrame) -> pd.DataFrame:
+    """The search cost of each measured cell, averaged over its seeds (empty where not stored)."""
+    measured = records[records["status"] == "ok"].reindex(columns=_SEEDLESS + _SEARCH_COST)
+    costs = measured[_SEARCH_COST].astype("float64")
+    return measured[_SEEDLESS].join(costs).groupby(_SEEDLESS, dropna=False).mean().reset_index()
 
 
 def unmeasured_table(records: pd.DataFrame) -> pd.DataFrame:
@@ -331,6 +341,10 @@ _HEADERS = {
     "mcnemar_p": "McNemar p",
     "speedup": "speed-up",
     "accuracy_drop_pp": "drop pp",
+    "search_wall_s": "search s",
+    "search_steps": "search steps",
+    "finetune_steps": "fine-tune steps",
+    "latency_measurements": "latency measurements",
     "method_front": "method front",
     "global_front": "global front",
     "top1_a": "top-1 % A",
