@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+from torch.utils.data import Dataset
 
 from methods.dp_depth.importance import (
     UPSTREAM_RECIPE,
@@ -52,11 +53,11 @@ from methods.dp_depth.solver import (
 from suite.cache import IMPORTANCE, cache_root
 from suite.core.budget import Budget, Fidelity
 from suite.core.chain import Chain, MergeRule
-from suite.core.method import Infeasible, MethodResult, PlanContext
+from suite.core.method import Infeasible, MethodResult, PlanContext, budget_missed
 from suite.core.plan import Plan
 from suite.core.registry import register_method
 from suite.errors import DepthbenchError
-from suite.run.train import FinetuneRecipe
+from suite.run.train import FinetuneRecipe, finetune_steps
 
 PAPER = "Kim et al., ICML 2023: Efficient Latency-Aware CNN Depth Compression via Two-Stage DP"
 UPSTREAM_PREC = 20  # knapsack units per ms for MobileNetV2 (upstream's --prec 20)
@@ -137,8 +138,9 @@ def plan_dp_depth(ctx: PlanContext, budget: Budget, config: DpDepthConfig) -> Me
         plan = plan_at(tables, budget.value, prec, config.solver)
     else:
         plan = search_t0(ctx, tables, prec, ctx.target_ms(budget), config.solver)
-    meta = {"importance_computed": importance.computed, "importance_cached": importance.cached}
-    return MethodResult(plan, meta=meta)
+    return MethodResult(
+        plan, meta=importance_cost(importance, config.importance_recipe, ctx.data.train)
+    )
 
 
 def measure_importance(ctx: PlanContext, config: DpDepthConfig) -> ImportanceTable:
@@ -155,6 +157,18 @@ def measure_importance(ctx: PlanContext, config: DpDepthConfig) -> ImportanceTab
         importance_cache_dir(ctx),
         progress=lambda done, total: ctx.report("importance table", done, total),
     )
+
+
+def importance_cost(table: ImportanceTable, recipe: FinetuneRecipe, train: Dataset) -> dict:
+    """The importance table's share of the search cost: its entries computed now and read from
+    the cache, and ``search_steps``, the gradient steps the whole table takes (every entry's
+    fine-tune, cached or not, since the cache only spares a repeat), 0 at smoke fidelity."""
+    steps = finetune_steps(recipe, train) if table.fidelity == "full" else 0
+    return {
+        "importance_computed": table.computed,
+        "importance_cached": table.cached,
+        "search_steps": (table.computed + table.cached) * steps,
+    }
 
 
 def importance_cache_dir(ctx: PlanContext) -> Path:
@@ -224,8 +238,9 @@ def to_plan(solution: Solution, t0: float, prec: float, fidelity: Fidelity) -> P
 def search_t0(
     ctx: PlanContext, tables: Tables, prec: float, target_ms: float, solver: Solver = "upstream"
 ) -> Plan:
-    """The plan of the largest T0 whose deploy network measures at most ``target_ms``, searched
-    between the fastest fusion T_opt(0, L) and the sum of the single-unit segments."""
+    """The plan of the largest T0 whose deploy network screens and confirms within ``target_ms``
+    (``bisect_t0``), searched between the fastest fusion T_opt(0, L) and the sum of the
+    single-unit segments."""
     L = tables.chain.L
     # the fastest fusion of the whole chain is a shortest path, not a valid segment, so only the
     # exact stage 1 fills it; a plan of its segments fits this bound under either solver (the
@@ -250,21 +265,26 @@ def bisect_t0(
     target_ms: float,
     what: str,
 ) -> Plan:
-    """The plan of the largest T0 whose deploy network measures at most ``target_ms``.
+    """The plan of the largest T0 whose deploy network screens and confirms within ``target_ms``.
 
     Bisection over integer knapsack units B in ``units`` = (fastest plan, original network); unit
-    B is solved at T0 = (B + ½) / prec, so that ⌊prec·T0⌋ = B whatever the float rounding.
-    Measured latency need not be monotone in T0; bisection assumes it is, and the plan it returns
-    was measured within the target. ``what`` names the fastest plan when even it is too slow.
+    B is solved at T0 = (B + ½) / prec, so that ⌊prec·T0⌋ = B whatever the float rounding. It
+    finds the largest B whose plan *screens* within the target (``table_protocol``); that plan is
+    then confirmed under the full protocol, and if the confirmation misses, B steps down one unit
+    at a time until a plan screens and confirms (bisection settles right on the boundary, where a
+    screen is as likely under the target as over). Measured latency need not be monotone in T0;
+    bisection assumes it is, and the plan it returns was confirmed within the target. ``what``
+    names the fastest plan when even it screens too slow.
     """
     low, high = units
     steps = math.ceil(math.log2(high - low + 1)) + 2
     tried: dict[int, tuple[Plan, float]] = {}
 
     def fits(units: int) -> bool:
-        plan = plan_at_t0((units + 0.5) / prec)
-        tried[units] = (plan, ctx.measure_plan(plan).median_ms)
-        ctx.report("T0 search", len(tried), steps)
+        if units not in tried:
+            plan = plan_at_t0((units + 0.5) / prec)
+            tried[units] = (plan, ctx.measure_plan(plan).median_ms)
+            ctx.report("T0 search", len(tried), max(steps, len(tried)))
         return tried[units][1] <= target_ms
 
     if fits(high):
@@ -272,14 +292,36 @@ def bisect_t0(
     elif not fits(low):
         raise Infeasible(
             f"{what} (T0 = {(low + 0.5) / prec:g} table units) measures {tried[low][1]:.4g} ms"
-            f" under {ctx.profile.name}, above the budget {target_ms:.4g} ms"
+            f" under {ctx.profile.name} when screened, above the budget {target_ms:.4g} ms"
         )
     else:
         while high - low > 1:
             middle = (low + high) // 2
             low, high = (middle, high) if fits(middle) else (low, middle)
         best = low
-    plan, latency = tried[best]
-    search = [[candidate.meta["T0"], ms] for _, (candidate, ms) in sorted(tried.items())]
-    meta = {**plan.meta, "target_ms": target_ms, "measured_ms": latency, "T0_search": search}
-    return replace(plan, meta=meta)
+    confirmations: dict[int, tuple[float, float]] = {}  # units -> (screened ms, confirmed ms)
+    for candidate in range(best, units[0] - 1, -1):  # down from the bisection's answer
+        if not fits(candidate):
+            continue
+        plan, screened = tried[candidate]
+        confirmations[candidate] = (screened, ctx.confirm_plan(plan).median_ms)
+        if confirmations[candidate][1] <= target_ms:
+            search = search_meta(tried, confirmations)
+            return replace(plan, meta={**plan.meta, "target_ms": target_ms, **search})
+    raise Infeasible(budget_missed(what, ctx, target_ms, None, list(confirmations.values())))
+
+
+def search_meta(
+    tried: dict[int, tuple[Plan, float]], confirmations: dict[int, tuple[float, float]]
+) -> dict:
+    """What the T0 search did: every screened and every confirmed [T0, ms], and the chosen plan's
+    (the last confirmed one's) screen and confirmation."""
+    screened, confirmed = list(confirmations.values())[-1]
+    return {
+        "screened_ms": screened,
+        "confirmed_ms": confirmed,
+        "T0_search": [[plan.meta["T0"], ms] for _, (plan, ms) in sorted(tried.items())],
+        "T0_confirmations": [
+            [tried[units][0].meta["T0"], ms] for units, (_, ms) in sorted(confirmations.items())
+        ],
+    }

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from methods.dp_depth.method import bisect_t0, precision_for
+from methods.dp_depth.method import bisect_t0, importance_cost, precision_for
 from methods.layermerge.importance import CACHE_NAME, UPSTREAM_RECIPE, Key, importance, l1_norms
 from methods.layermerge.importance import measure as measure_importance
 from methods.layermerge.options import Option, table_options, unsupported
@@ -137,8 +137,9 @@ def plan_layermerge(ctx: PlanContext, budget: Budget, config: LayerMergeConfig) 
             ctx.target_ms(budget),
             what="layermerge: even the fastest plan",
         )
-    meta = {"importance_computed": scores.computed, "importance_cached": scores.cached}
-    return MethodResult(plan, meta=meta)
+    return MethodResult(
+        plan, meta=importance_cost(scores, config.importance_recipe, ctx.data.train)
+    )
 
 
 def option_latencies(ctx: PlanContext, options: list[Option]) -> dict[Key, float]:

@@ -403,7 +403,8 @@ def _plan_table(plan: Plan, ctx: PlanContext) -> Table:
         ("objective (Σ normalised importance)", "objective", "{:.4g}"),
         ("predicted latency (table sum, ms)", "table_latency", "{:.4g}"),
         ("T0 (table units)", "T0", "{:g}"),
-        ("measured latency (ms)", "measured_ms", "{:.4g}"),
+        ("screened latency (ms)", "screened_ms", "{:.4g}"),
+        ("confirmed latency, full protocol (ms)", "confirmed_ms", "{:.4g}"),
         ("target (ms)", "target_ms", "{:.4g}"),
         ("importance fidelity", "importance_fidelity", "{}"),
     ]

@@ -6,20 +6,31 @@ recipe, and memoised ways to measure a plan or get a latency table) and a ``Budg
 layer-wise stage), and metadata for the record. When no plan meets the budget it raises
 ``Infeasible``; the runner stores that as an infeasible cell with the reason, never a substitute.
 
-The context carries the measuring as two functions the run wires in (``suite.run.cell.plan_context``):
-``screen`` times a deploy network, ``tables`` builds a latency table. So the contract depends on
-nothing but the core; the profile, data and recipe are only passed through to the method.
+The context carries the measuring as three functions the run wires in
+(``suite.run.cell.plan_context``): ``screen`` times a deploy network under the profile's light
+``table_protocol``, ``confirm`` times it under the full ``protocol``, ``tables`` builds a latency
+table. So the contract depends on nothing but the core; the profile, data and recipe are only
+passed through to the method.
 
-Budgets are met by *measured* latency: ``meet_budget`` walks a method's own ranking of plans, from
-least to most compressed, and returns the first whose deploy network measures within the target.
-Most baselines rank *candidates* (blocks, activations, operations) by their paper's score and
-apply ever longer prefixes of that ranking: ``walk_ranking`` is that loop, so a baseline is its
-scoring rule and one call.
-Candidates are screened under the profile's light ``table_protocol``: a method may try dozens of
-plans, and the full protocol on each would make a small run take hours. The base network a
-fraction budget refers to is not screened: ``base_latency`` gives its latency under the full
-``protocol``, measured once per run and profile and stored with the run (``suite.run.baseline``),
-so every cell of a run, in any process, resolves a budget to the same target.
+Budgets are met by *measured* latency, in two steps. Candidates are *screened* under
+``table_protocol``: a method may try dozens of plans, and the full protocol on each would make a
+small run take hours. A plan whose screen meets the target is
+then *confirmed* under the full protocol, the one the cell's final number is measured under; only
+a confirmed plan is accepted. Otherwise the method steps on along its own order: a search that
+settles where the screen is just under the target would, with measurement noise, pick a plan over
+the target about half the time. ``meet_budget`` walks a method's own ranking of plans, from least
+to most compressed, and returns the first that screens and confirms within the target. Most
+baselines rank *candidates* (blocks, activations, operations) by their paper's score and apply ever
+longer prefixes of that ranking: ``walk_ranking`` is that loop, so a baseline is its scoring rule
+and one call.
+
+The context counts the latency measurements a method's search asks for (``begin_search``,
+``latency_measurements``), for the record's search cost.
+
+The base network a fraction budget refers to is not screened: ``base_latency`` gives its latency
+under the full ``protocol``, measured once per run and profile and stored with the run
+(``suite.run.baseline``), so every cell of a run, in any process, resolves a budget to the same
+target.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ if TYPE_CHECKING:  # types only: the core imports nothing from the measuring or 
 Candidate = TypeVar("Candidate")
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 Screen = Callable[[nn.Module], "LatencyResult"]  # a deploy network, timed under table_protocol
+Confirm = Callable[[nn.Module], "LatencyResult"]  # a deploy network, timed under the full protocol
 TableSource = Callable[[Chain, MergeRule], "LatencyTable"]  # T(i, j) of a chain under the profile
 BaseLatency = Callable[[], float]  # the base network's latency (ms) under the full protocol
 
@@ -67,12 +79,15 @@ class PlanContext:
     screen: Screen
     tables: TableSource
     base_latency: BaseLatency
+    confirm: Confirm
     fidelity: Fidelity = "full"
     seed: int = 0
     cache_dir: Path | None = None  # the run's cache folder; None: the user cache
     progress: Progress | None = None
     _measured: dict = field(default_factory=dict, repr=False)
+    _confirmed: dict = field(default_factory=dict, repr=False)
     _tables: dict = field(default_factory=dict, repr=False)
+    _asked: set = field(default_factory=set, repr=False)  # (screen|confirm, plan) since begin
 
     @property
     def chain(self) -> Chain:
@@ -81,11 +96,38 @@ class PlanContext:
     def measure_plan(self, plan: Plan) -> LatencyResult:
         """End-to-end latency of the plan's deploy network, screened under the profile's light
         ``table_protocol`` (memoised per plan)."""
-        key = (plan.activations, plan.boundaries, plan.deleted, plan.replaced)
-        if key not in self._measured:
-            deploy = deploy_network(trainable_network(self.traced, plan))
-            self._measured[key] = self.screen(deploy)
-        return self._measured[key]
+        return self._latency(plan, self.screen, self._measured, "screen")
+
+    def confirm_plan(self, plan: Plan) -> LatencyResult:
+        """End-to-end latency of the plan's deploy network under the profile's full ``protocol``,
+        the one the cell's final number is measured under (memoised per plan)."""
+        return self._latency(plan, self.confirm, self._confirmed, "confirm")
+
+    def screened(self, plan: Plan) -> LatencyResult | None:
+        """The plan's screen, if a method asked for it; measures nothing."""
+        return self._measured.get(_plan_key(plan))
+
+    def confirmation(self, plan: Plan) -> LatencyResult | None:
+        """The plan's confirmation, if a method asked for it; measures nothing."""
+        return self._confirmed.get(_plan_key(plan))
+
+    def begin_search(self) -> None:
+        """Start counting a method's latency measurements afresh (one cell's planning)."""
+        self._asked.clear()
+
+    @property
+    def latency_measurements(self) -> int:
+        """Screens plus confirmations of distinct plans asked for since ``begin_search``, whether
+        measured now or memoised from an earlier cell of this context: what the search needs,
+        not what the order of the cells happened to spare it."""
+        return len(self._asked)
+
+    def _latency(self, plan: Plan, timer: Screen, memo: dict, kind: str) -> LatencyResult:
+        key = _plan_key(plan)
+        self._asked.add((kind, key))
+        if key not in memo:
+            memo[key] = timer(deploy_network(trainable_network(self.traced, plan)))
+        return memo[key]
 
     def base_latency_ms(self) -> float:
         """The base network's end-to-end latency under the profile's full protocol, the one
@@ -115,6 +157,10 @@ class PlanContext:
             self.progress(what, done, total)
 
 
+def _plan_key(plan: Plan) -> tuple:
+    return (plan.activations, plan.boundaries, plan.deleted, plan.replaced)
+
+
 @dataclass
 class MethodResult:
     plan: Plan
@@ -123,21 +169,46 @@ class MethodResult:
 
 
 def meet_budget(candidates: Iterable[Plan], ctx: PlanContext, budget: Budget, what: str) -> Plan:
-    """The first plan along a method's ranking whose measured latency meets the budget.
+    """The first plan along a method's ranking that screens and confirms within the budget.
 
-    ``candidates`` go from least to most compressed; ``what`` names the ranking in the reason
-    given when even the last candidate is too slow.
+    ``candidates`` go from least to most compressed. A candidate whose screen meets the target is
+    confirmed under the full protocol; if the confirmation misses, the walk goes on to the next,
+    more compressed, candidate. ``what`` names the ranking in the reason given when no candidate
+    confirms.
     """
     target = ctx.target_ms(budget)
-    best = None
+    screens: list[float] = []
+    confirmations: list[tuple[float, float]] = []
     for plan in candidates:
-        latency = ctx.measure_plan(plan).median_ms
-        best = latency if best is None else min(best, latency)
-        if latency <= target:
+        screens.append(ctx.measure_plan(plan).median_ms)
+        if screens[-1] > target:
+            continue
+        confirmations.append((screens[-1], ctx.confirm_plan(plan).median_ms))
+        if confirmations[-1][1] <= target:
             return plan
-    raise Infeasible(
-        f"{what}: the fastest plan measures {best:.3f} ms under {ctx.profile.name}, above the "
-        f"budget {target:.3f} ms"
+    raise Infeasible(budget_missed(what, ctx, target, min(screens, default=None), confirmations))
+
+
+def budget_missed(
+    what: str,
+    ctx: PlanContext,
+    target_ms: float,
+    fastest_screen: float | None,
+    confirmations: Sequence[tuple[float, float]],
+) -> str:
+    """The reason no plan met ``target_ms``: the fastest screen when none screened within it, else
+    the confirmations (screened ms, confirmed ms) that missed it under the full protocol."""
+    profile = ctx.profile.name
+    if not confirmations:
+        return (
+            f"{what}: the fastest plan measures {fastest_screen:.4g} ms under {profile} when "
+            f"screened, above the budget {target_ms:.4g} ms"
+        )
+    screened, confirmed = min(confirmations, key=lambda pair: pair[1])
+    return (
+        f"{what}: {len(confirmations)} plan(s) screened within the budget {target_ms:.4g} ms under "
+        f"{profile} but none confirmed under the full protocol; the fastest confirmed "
+        f"{confirmed:.4g} ms (screened {screened:.4g} ms)"
     )
 
 
@@ -148,7 +219,7 @@ def walk_ranking(
     budget: Budget,
     what: str,
 ) -> tuple[Plan, Sequence[Candidate]]:
-    """Apply ever longer prefixes of ``ranking`` until the measured latency meets the budget.
+    """Apply ever longer prefixes of ``ranking`` until a plan's measured latency meets the budget.
 
     ``ranking`` lists a method's candidates, the first to go first; ``apply(prefix)`` is the plan
     with the candidates of ``prefix`` applied (the empty prefix: the method's least compressed

@@ -5,11 +5,21 @@
 ``run_cell`` returns the record fields of the cell; the runner adds the provenance (run id, hashes,
 environment, code version) and stores it. A method that cannot meet the budget raises
 ``Infeasible`` and the cell becomes an infeasible record with the reason.
+
+The final latency is measured under the profile's full protocol. Where the method confirmed its
+plan under that protocol while meeting the budget (``PlanContext.confirm_plan``), that
+confirmation *is* the final measurement: the deploy network has the same layers (fine-tuning
+changes weights, not the architecture, and latency does not depend on weight values), so measuring
+it again would double the cost, and an independent second measurement would land over a target the
+plan was accepted under about half the time. Otherwise (``table`` budgets, ``original``, a plan
+accepted without confirmation) the deploy network is measured. ``budget_met`` compares that final
+median with the target.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from suite.cache import LATENCY_TABLES
 from suite.core.budget import Budget, Fidelity
 from suite.core.chain import Chain, MergeRule
-from suite.core.method import Infeasible, PlanContext, Progress
+from suite.core.method import Infeasible, MethodResult, PlanContext, Progress
 from suite.core.plan import Plan
 from suite.core.realize import DeployNetwork, deploy_network, trainable_network
 from suite.core.registry import get_method
@@ -33,7 +43,7 @@ from suite.measure.tables import LatencyTable, TableCache, build_table
 from suite.run.baseline import measure_base
 from suite.run.data import DataSplits
 from suite.run.stats import pack_correct
-from suite.run.train import FinetuneRecipe, evaluate, finetune
+from suite.run.train import FinetuneRecipe, evaluate, finetune, finetune_steps
 
 # The deploy network must compute what the fine-tuned network computes; fp32 rounding of merged
 # kernels stays well inside this (see tests/test_merge.py for the measured worst case).
@@ -54,11 +64,11 @@ def plan_context(
 ) -> PlanContext:
     """A method's planning context, its measuring wired to the harness under ``profile``.
 
-    Candidates are screened under the profile's light ``table_protocol``; latency tables are
-    cached in ``cache_dir`` (none: not cached, as under a replay profile). ``base_latency_ms`` is
-    the run's stored full-protocol measurement of the base network (``suite.run.baseline``);
-    without one (a single cell, outside a run) the base network is measured under the full
-    protocol the first time a budget needs it, once for this context.
+    Candidates are screened under the profile's light ``table_protocol`` and confirmed under its
+    full ``protocol``; latency tables are cached in ``cache_dir`` (none: not cached, as under a
+    replay profile). ``base_latency_ms`` is the run's stored full-protocol measurement of the base
+    network (``suite.run.baseline``); without one (a single cell, outside a run) the base network
+    is measured under the full protocol the first time a budget needs it, once for this context.
     """
     shape = (3, traced.chain.resolution, traced.chain.resolution)
     cache = TableCache(cache_dir / LATENCY_TABLES) if cache_dir is not None else None
@@ -72,6 +82,9 @@ def plan_context(
     def screen(network: nn.Module) -> LatencyResult:
         return measure(network, profile, shape, protocol=profile.table_protocol)
 
+    def confirm(network: nn.Module) -> LatencyResult:
+        return measure(network, profile, shape, protocol=profile.protocol)
+
     def tables(chain: Chain, rule: MergeRule) -> LatencyTable:
         return build_table(chain, profile, rule=rule, cache=cache)
 
@@ -83,6 +96,7 @@ def plan_context(
         screen=screen,
         tables=tables,
         base_latency=base_latency,
+        confirm=confirm,
         fidelity=fidelity,
         seed=seed,
         cache_dir=cache_dir,
@@ -112,11 +126,19 @@ def run_cell(
         return CellOutcome(
             "infeasible", f"{spec.name} does not apply to {ctx.chain.name}: {unsupported}"
         )
+    ctx.begin_search()
+    started = time.perf_counter()
     try:
         ctx.report("plan", 0, 1)
         result = spec.plan(ctx, budget, spec.make_config(method_config))
     except Infeasible as err:
-        return CellOutcome("infeasible", str(err))
+        search = {
+            "search_wall_s": time.perf_counter() - started,
+            "latency_measurements": ctx.latency_measurements,
+        }
+        return CellOutcome("infeasible", str(err), fields=search)
+    search_wall_s = time.perf_counter() - started
+    latency_measurements = ctx.latency_measurements
     plan = result.plan
     trainable = result.trainable or trainable_network(ctx.traced, plan)
     teacher = ctx.traced.model if ctx.recipe.kd_weight > 0 else None
@@ -130,11 +152,10 @@ def run_cell(
     deploy = deploy_network(trainable.to("cpu", torch.float32))  # merging: on the CPU, in fp32
     merge_error = check_merge(trainable, deploy, ctx.chain.resolution)
     ctx.report("measure", 0, 1)
-    latency = measure(
-        deploy, ctx.profile, input_shape=(3, ctx.chain.resolution, ctx.chain.resolution)
-    )
+    latency = final_latency(ctx, plan, deploy)
     ctx.report("evaluate", 0, 1)
     accuracy = evaluate(deploy, ctx.data.test, placement=ctx.recipe.placement)
+    screened = ctx.screened(plan)
     fields = {
         **latency.as_record_fields(),
         "environment": latency.environment,
@@ -145,12 +166,43 @@ def run_cell(
         "test_correct": pack_correct(accuracy.correct),
         **model_stats(deploy, ctx.chain.resolution),
         "activations": len(plan.activations),
+        "screened_ms": screened.median_ms if screened is not None else None,
+        "budget_met": budget_met(ctx, budget, result, latency),
+        "search_wall_s": search_wall_s,
+        "search_steps": result.meta.get("search_steps", 0),
+        "finetune_steps": finetune_steps(ctx.recipe, ctx.data.train),
+        "latency_measurements": latency_measurements,
         "plan": {
             **plan.to_json(),
             "meta": {**plan.meta, **result.meta, "merge_error": merge_error},
         },
     }
     return CellOutcome("ok", None, plan, fields, deploy)
+
+
+def final_latency(ctx: PlanContext, plan: Plan, deploy: DeployNetwork) -> LatencyResult:
+    """The cell's latency under the full protocol: the method's confirmation of ``plan`` when it
+    made one and the confirmed network has ``deploy``'s layers, else a new measurement."""
+    confirmed = ctx.confirmation(plan)
+    if confirmed is not None and same_layers(deploy, ctx.traced, plan):
+        return confirmed
+    return measure(deploy, ctx.profile, input_shape=(3, ctx.chain.resolution, ctx.chain.resolution))
+
+
+def same_layers(deploy: nn.Module, traced: TracedModel, plan: Plan) -> bool:
+    """Whether ``deploy`` has the layers of the plan's deploy network built from the base weights
+    (the one a confirmation measured): the same modules, shapes and settings, in order."""
+    return repr(deploy) == repr(deploy_network(trainable_network(traced, plan)))
+
+
+def budget_met(
+    ctx: PlanContext, budget: Budget, result: MethodResult, latency: LatencyResult
+) -> bool | None:
+    """Whether the final median is within the budget's target; None where there is no target in
+    ms (a ``table`` budget) or the method ignores the budget (``original``)."""
+    if budget.kind == "table" or result.meta.get("budget_ignored"):
+        return None
+    return latency.median_ms <= ctx.target_ms(budget)
 
 
 @torch.no_grad()

@@ -62,6 +62,8 @@ _TABLE_COLUMNS = [
     "latency_ms_ci_low", "latency_ms_ci_high", "latency_source", "stable", "speedup",
     "accuracy_drop_pp", "params", "macs", "depth", "method_front", "global_front",
 ]  # fmt: skip
+# What each method spent on its search (mean over seeds); stored runs older than it show nothing.
+_SEARCH_COST = ["search_wall_s", "search_steps", "finetune_steps", "latency_measurements"]
 _PAIRWISE_COLUMNS = [
     "model", "dataset", "budget_kind", "budget_value", "method_a", "method_b", "seeds", "top1_a",
     "top1_b", "top1_diff_pp", "diff_ci_low", "diff_ci_high", "only_a", "only_b", "mcnemar_p",
@@ -136,9 +138,10 @@ def aggregate_seeds(records: pd.DataFrame) -> pd.DataFrame:
 def results_table(records: pd.DataFrame) -> pd.DataFrame:
     """The measured cells of ONE profile, aggregated over seeds (``aggregate_seeds``): top-1 and
     latency with their 95% intervals, speed-up and accuracy drop against the ``original``
-    network of the same model and data set, the deployed network's params, MACs and depth, and
-    front membership of the aggregates. ``target_ms`` and ``budget_met`` are there when the
-    records hold them; a column empty in every row is left out.
+    network of the same model and data set, the deployed network's params, MACs and depth,
+    front membership of the aggregates, and the search cost (``_SEARCH_COST``, the seeds' mean).
+    ``target_ms`` and ``budget_met`` are there when the records hold them; a column empty in every
+    row is left out.
 
     Records of several profile hashes are refused: their latencies are not comparable.
     """
@@ -156,13 +159,23 @@ def results_table(records: pd.DataFrame) -> pd.DataFrame:
         .mean()
         .rename(columns={"latency_ms_median": "baseline_ms", "top1": "baseline_top1"})
     )
-    frame = frame.join(baseline, on=_NETWORK)
+    frame = frame.join(baseline, on=_NETWORK).merge(search_cost(records), on=_SEEDLESS, how="left")
     frame["speedup"] = frame["baseline_ms"] / frame["latency_ms_median"]
     frame["accuracy_drop_pp"] = frame["baseline_top1"] - frame["top1"]
     ordered = frame.sort_values(["model", "dataset", "method", "latency_ms_median"])
+    columns = _TABLE_COLUMNS + _SEARCH_COST
     # what the records do not hold (a budget check, a network size) is left out, not shown empty
-    empty = [c for c in _OPTIONAL_COLUMNS if c in ordered and ordered[c].isna().all()]
-    return ordered[_TABLE_COLUMNS].drop(columns=empty).reset_index(drop=True)
+    empty = [
+        c for c in [*_OPTIONAL_COLUMNS, *_SEARCH_COST] if c in columns and ordered[c].isna().all()
+    ]
+    return ordered[columns].drop(columns=empty).reset_index(drop=True)
+
+
+def search_cost(records: pd.DataFrame) -> pd.DataFrame:
+    """The search cost of each measured cell, averaged over its seeds (empty where not stored)."""
+    measured = records[records["status"] == "ok"].reindex(columns=_SEEDLESS + _SEARCH_COST)
+    costs = measured[_SEARCH_COST].astype("float64")
+    return measured[_SEEDLESS].join(costs).groupby(_SEEDLESS, dropna=False).mean().reset_index()
 
 
 def unmeasured_table(records: pd.DataFrame) -> pd.DataFrame:
@@ -390,6 +403,10 @@ _HEADERS = {
     "budget_met": "budget met",
     "params": "params (M)",
     "macs": "MACs (M)",
+    "search_wall_s": "search s",
+    "search_steps": "search steps",
+    "finetune_steps": "fine-tune steps",
+    "latency_measurements": "latency measurements",
     "method_front": "method front",
     "global_front": "global front",
     "top1_a": "top-1 % A",

@@ -244,7 +244,8 @@ def with_session_latency(frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     """The records with each session's statistics as the final latency of the cells it measured.
 
     Adds ``latency_source`` (``session``, ``cell``, or empty for unmeasured cells) and the
-    cell-time median and interval as ``cell_latency_ms_*``, whatever the source.
+    cell-time median and interval as ``cell_latency_ms_*``, whatever the source. ``budget_met``
+    is judged again on the session's median where a session measured the cell.
     """
     frame = frame.copy()
     for column, kept in CELL_LATENCY_COLUMNS.items():
@@ -261,6 +262,10 @@ def with_session_latency(frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
             for column, value in network.fields.items():
                 frame.loc[rows, column] = value
             frame.loc[rows, "latency_source"] = "session"
+    judged = (frame["latency_source"] == "session").fillna(False) & frame["target_ms"].notna()
+    frame.loc[judged, "budget_met"] = (
+        frame.loc[judged, "latency_ms_median"] <= frame.loc[judged, "target_ms"]
+    )
     return frame
 
 

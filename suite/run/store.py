@@ -124,6 +124,22 @@ class CellRecord(BaseModel):
     )
     amp: str | None = Field(None, description="autocast dtype of training, or 'off' (fp32)")
     workers: int | None = Field(None, description="data-loading processes of training")
+    screened_ms: float | None = Field(
+        None, description="the chosen plan's screen (table_protocol) while the method planned"
+    )
+    budget_met: bool | None = Field(
+        None,
+        description="final median latency <= the budget's target in ms; none for 'table' budgets "
+        "and methods that ignore the budget",
+    )
+    search_wall_s: float | None = Field(None, description="wall time of the method's planning")
+    search_steps: int | None = Field(
+        None, description="gradient steps of the method's search (its MethodResult meta)"
+    )
+    finetune_steps: int | None = Field(None, description="optimiser steps of the shared fine-tune")
+    latency_measurements: int | None = Field(
+        None, description="screens + confirmations of distinct plans the method's search asked for"
+    )
     plan: dict[str, Any] | None = None
     environment: dict[str, Any] = Field(default_factory=dict)
     code_version: str

@@ -273,7 +273,7 @@ def finetune(
     ):
         torch.manual_seed(recipe.seed)  # dropout and other in-model randomness
         batches = train_batches(data.train, recipe, recipe.seed)
-        total_steps = recipe.steps or math.ceil(recipe.epochs * len(batches))
+        total_steps = finetune_steps(recipe, data.train)
         optimizer = torch.optim.SGD(
             _parameter_groups(model, recipe.lr, lr_scale or {}),
             lr=recipe.lr,
@@ -310,6 +310,14 @@ def finetune(
             if progress is not None:
                 progress(step, total_steps)
     return model.eval()
+
+
+def finetune_steps(recipe: FinetuneRecipe, train: Dataset) -> int:
+    """The optimiser steps ``finetune`` takes with ``recipe`` on the training split ``train``:
+    ``recipe.steps``, or its epochs of ``train_loader`` batches (the last partial one dropped)."""
+    if recipe.steps is not None:
+        return recipe.steps
+    return math.ceil(recipe.epochs * len(train_loader(train, recipe.batch_size, recipe.seed)))
 
 
 @torch.inference_mode()
