@@ -38,7 +38,8 @@ def atomic_write_with(
     ``torch.save``): ``write`` fills a temporary sibling, which then takes the name ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=path.suffix)
+    # ".tmp": a reader listing the folder (cells/*.json) never sees a file in flight
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
     try:
         os.fchmod(descriptor, _shared_mode())
         os.close(descriptor)
