@@ -1,4 +1,5 @@
-"""Writing a file so that a reader sees either nothing or the whole of it.
+"""Reading a user's text file with one clear error, and writing a file so that a reader sees
+either nothing or the whole of it.
 
 Every file the suite keeps (result cells, the run manifest and its Parquet table, base weights,
 importance entries, base latencies, sessions and deploy networks of a run, TensorRT timing caches)
@@ -12,6 +13,21 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from suite.errors import DepthbenchError
+
+
+def read_text(path: Path, what: str, fix: str) -> str:
+    """The UTF-8 text of ``path``; an unreadable or non-UTF-8 file is one message naming ``what``
+    and, for bad bytes, ``fix``."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except OSError as error:
+        raise DepthbenchError(f"cannot read {what} {path}: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise DepthbenchError(
+            f"{what} {path} is not UTF-8 text (byte {error.start}: {error.reason}); {fix}"
+        ) from error
 
 
 def atomic_write(path: Path, data: bytes | str, *, exclusive: bool = False) -> None:

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from suite.errors import DepthbenchError
+from suite.files import read_text
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -66,14 +67,7 @@ def read_yaml(path: Path, what: str) -> Any:
     """The content of the YAML file ``path``; ``what`` names the file in errors."""
     if not path.is_file():
         raise DepthbenchError(f"{what} file {path} does not exist")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as error:
-        raise DepthbenchError(f"cannot read {what} {path}: {error.strerror}") from error
-    except UnicodeDecodeError as error:
-        raise DepthbenchError(
-            f"{what} {path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8"
-        ) from error
+    text = read_text(path, what, "save it as UTF-8")
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except _DuplicateKey as error:

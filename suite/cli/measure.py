@@ -33,6 +33,7 @@ from suite.cli.options import (
     Threads,
     WarmupS,
     Width,
+    check_new_file,
     check_resolution,
 )
 from suite.cli.options import Profile as ProfileOption
@@ -271,17 +272,15 @@ def measure_command(
     with user_errors():
         profile = overridden_profile(
             load_profile(profile_name),
-            {
-                "--warmup-s": warmup_s,
-                "--min-iterations": min_iterations,
-                "--min-seconds": min_seconds,
-                "--repeats": repeats,
-                "--batch": batch,
-                "--threads": threads,
-            },
+            warmup_s=warmup_s,
+            min_iterations=min_iterations,
+            min_seconds=min_seconds,
+            repeats=repeats,
+            batch=batch,
+            threads=threads,
         )
         if results_file is not None:
-            _new_file(results_file, "--results-file")
+            check_new_file(results_file, "--results-file")
         if model.endswith(".onnx"):
             result = measure(_existing(Path(model)), profile)
         else:
@@ -298,9 +297,14 @@ def measure_command(
         err_console.print(f"wrote {escape(str(results_file))}")
 
 
-def overridden_profile(profile: Profile, given: dict[str, object]) -> Profile:
-    """``profile`` itself, or with the measurement overrides given on the command line."""
-    given = {option: value for option, value in given.items() if value is not None}
+def overridden_profile(profile: Profile, **overrides: object) -> Profile:
+    """``profile`` itself, or with the measurement overrides given on the command line
+    (``warmup_s=`` for ``--warmup-s``, and so on; None: not given)."""
+    given = {
+        "--" + name.replace("_", "-"): value
+        for name, value in overrides.items()
+        if value is not None
+    }
     if not given:
         return profile
     if profile.is_replay:
@@ -343,16 +347,6 @@ def throughput(batch: int, median_ms: float) -> float:
     return batch * 1000.0 / median_ms
 
 
-def _new_file(path: Path, option: str) -> None:
-    if path.exists():
-        raise DepthbenchError(f"{option} {path} exists; remove it or choose another path")
-    if not path.parent.is_dir():
-        raise DepthbenchError(
-            f"{option} {path}: the folder {path.parent} does not exist; create it or write "
-            "elsewhere"
-        )
-
-
 def table_command(
     model: Annotated[
         str,
@@ -383,14 +377,12 @@ def table_command(
     with user_errors():
         profile = overridden_profile(
             load_profile(profile_name),
-            {
-                "--warmup-s": warmup_s,
-                "--min-iterations": min_iterations,
-                "--min-seconds": min_seconds,
-                "--repeats": repeats,
-                "--batch": batch,
-                "--threads": threads,
-            },
+            warmup_s=warmup_s,
+            min_iterations=min_iterations,
+            min_seconds=min_seconds,
+            repeats=repeats,
+            batch=batch,
+            threads=threads,
         )
         size = _resolution(profile, resolution)
         traced = trace_model(model, width=width, num_classes=num_classes, resolution=size)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from suite.core.chain import Chain
 from suite.errors import DepthbenchError
+from suite.files import read_text
 
 
 @dataclass(frozen=True)
@@ -111,15 +112,9 @@ class Plan:
 
     @staticmethod
     def load(path: Path) -> Plan:
+        text = read_text(path, "plan", "a plan is JSON")
         try:
-            text = Path(path).read_bytes().decode("utf-8")
             data = json.loads(text, parse_constant=_refuse_constant)
-        except OSError as err:
-            raise DepthbenchError(f"cannot read plan {path}: {err.strerror}") from err
-        except UnicodeDecodeError as err:
-            raise DepthbenchError(
-                f"plan {path} is not UTF-8 text (byte {err.start}: {err.reason}); a plan is JSON"
-            ) from err
         except (json.JSONDecodeError, ValueError) as err:
             raise DepthbenchError(f"plan {path} is not valid JSON: {err}") from err
         except RecursionError as err:
