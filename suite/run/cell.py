@@ -31,7 +31,7 @@ from suite.measure.profiles import Profile
 from suite.measure.tables import LatencyTable, TableCache, build_table
 from suite.run.data import DataSplits
 from suite.run.stats import pack_correct
-from suite.run.train import FinetuneRecipe, evaluate, finetune
+from suite.run.train import FinetuneRecipe, evaluate, finetune, recipe_steps
 
 # The deploy network must compute what the fine-tuned network computes; fp32 rounding of merged
 # kernels stays well inside this (see tests/test_merge.py for the measured worst case).
@@ -110,7 +110,7 @@ def run_cell(
     finetune(
         trainable,
         ctx.data,
-        ctx.recipe,
+        remaining_recipe(ctx, result.meta.get("recipe_steps_used", 0)),
         teacher=teacher,
         progress=lambda d, t: ctx.report("fine-tune", d, t),
     )
@@ -138,6 +138,16 @@ def run_cell(
         },
     }
     return CellOutcome("ok", None, plan, fields, deploy)
+
+
+def remaining_recipe(ctx: PlanContext, used: int) -> FinetuneRecipe:
+    """The shared recipe less the ``used`` steps a method already spent of it on its trainable
+    network (``meta["recipe_steps_used"]``, DeepRebirth's compute-matched layer-wise stage), so
+    that every method trains for the same total number of steps."""
+    if not used:
+        return ctx.recipe
+    steps = recipe_steps(ctx.recipe, ctx.data) - used
+    return ctx.recipe.model_copy(update={"epochs": None, "steps": steps})
 
 
 @torch.no_grad()

@@ -94,7 +94,7 @@ def finetune(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(recipe.seed)  # dropout and other in-model randomness
         loader = train_loader(data.train, recipe.batch_size, recipe.seed)
-        total_steps = recipe.steps or math.ceil(recipe.epochs * len(loader))
+        total_steps = recipe_steps(recipe, data)
         optimizer = torch.optim.SGD(
             _parameter_groups(model, recipe.lr, lr_scale or {}),
             lr=recipe.lr,
@@ -129,6 +129,13 @@ def finetune(
             if progress is not None:
                 progress(step, total_steps)
     return model.eval()
+
+
+def recipe_steps(recipe: FinetuneRecipe, data: DataSplits) -> int:
+    """The optimiser steps ``finetune`` runs with ``recipe`` on ``data.train``."""
+    if recipe.steps is not None:
+        return recipe.steps
+    return math.ceil(recipe.epochs * len(train_loader(data.train, recipe.batch_size, recipe.seed)))
 
 
 @torch.inference_mode()
