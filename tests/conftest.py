@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import settings
 from torch import nn
 
 # The test networks are tiny: a second torch thread buys nothing and contends with the ONNX Runtime
 # sessions the tests measure with (on 2 cores it made some tests several times slower).
 torch.set_num_threads(1)
+
+# Every hypothesis test runs without a deadline: examples that build networks, frames or files take
+# as long as a busy machine makes them take, and that must never fail a test.
+settings.register_profile("depthbench", deadline=None)
+settings.load_profile("depthbench")
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

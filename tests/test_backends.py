@@ -40,11 +40,17 @@ def upstream_trtexec_profile() -> Profile:
     return Profile.model_validate({**content, "backend": "trtexec", "trtexec": settings})
 
 
-def test_registry_holds_the_four_backends():
-    assert backend_names() == ["onnxruntime", "tensorrt", "torch", "trtexec"] == list(BACKENDS)
+def test_registry_holds_the_five_backends():
+    assert (
+        backend_names()
+        == ["costmodel", "onnxruntime", "tensorrt", "torch", "trtexec"]
+        == list(BACKENDS)
+    )
     assert get_backend("torch").model_kind == "torch"
     assert get_backend("trtexec").model_kind == "onnx"
-    with pytest.raises(DepthbenchError, match="unknown backend 'tvm'; available: onnxruntime"):
+    with pytest.raises(
+        DepthbenchError, match="unknown backend 'tvm'; available: costmodel, onnxruntime"
+    ):
         get_backend("tvm")
     with pytest.raises(DepthbenchError, match="registered twice"):
         register_backend("onnxruntime", model_kind="onnx", check_available=print)(print)

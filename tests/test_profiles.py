@@ -23,6 +23,7 @@ from suite.measure.profiles import (
 )
 
 SHIPPED = {
+    "cpu-costmodel",
     "cpu-onnxruntime",
     "cpu-torch",
     "cuda-torch-fp32",
@@ -75,7 +76,10 @@ def test_hash_follows_content_but_not_description(tmp_path, base):
         ({"colour": "red"}, r"field 'colour': unknown field; allowed here: name, description"),
         ({"batch": 0}, r"field 'batch': Input should be greater than or equal to 1"),
         ({"batch": "many"}, r"field 'batch': Input should be a valid integer"),
-        ({"backend": "openvino"}, r"unknown backend 'openvino'; allowed: onnxruntime, .*replay"),
+        (
+            {"backend": "openvino"},
+            r"unknown backend 'openvino'; allowed: costmodel, onnxruntime, .*replay",
+        ),
         ({"precision": "fp16"}, r"precision fp16 needs a GPU backend"),
         (
             {"torch": {"device": "cpu", "mode": "eager", "threads": 1}},

@@ -31,12 +31,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from methods.dp_depth.importance import default_cache_dir
 from methods.dp_depth.method import bisect_t0, precision_for
 from methods.layermerge.importance import CACHE_NAME, UPSTREAM_RECIPE, Key, importance, l1_norms
 from methods.layermerge.importance import measure as measure_importance
 from methods.layermerge.options import Option, table_options, unsupported
 from methods.layermerge.solver import Entry, Solution, fastest_units, solve
+from suite.cache import LATENCY_TABLES, cache_root
 from suite.core.budget import Budget, Fidelity
 from suite.core.chain import Chain
 from suite.core.method import Infeasible, MethodResult, PlanContext
@@ -44,7 +44,6 @@ from suite.core.plan import Plan
 from suite.core.registry import register_method
 from suite.errors import DepthbenchError
 from suite.measure.tables import TableCache, measure_signatures, segment_signature
-from suite.run.cell import TABLE_CACHE_FILE
 from suite.run.train import FinetuneRecipe
 
 PAPER = (
@@ -149,7 +148,7 @@ def option_latencies(ctx: PlanContext, options: list[Option]) -> dict[Key, float
     signatures = {
         o.key: segment_signature(ctx.chain, o.start, o.end, batch, o.kept) for o in options
     }
-    cache = TableCache(ctx.cache_dir / TABLE_CACHE_FILE) if ctx.cache_dir is not None else None
+    cache = TableCache(ctx.cache_dir / LATENCY_TABLES) if ctx.cache_dir is not None else None
     measured = measure_signatures(
         signatures,
         ctx.profile,
@@ -161,7 +160,7 @@ def option_latencies(ctx: PlanContext, options: list[Option]) -> dict[Key, float
 
 def importance_cache_dir(ctx: PlanContext) -> Path:
     """Beside the run's latency-table cache when it has one, else the user cache directory."""
-    root = ctx.cache_dir if ctx.cache_dir is not None else default_cache_dir().parent
+    root = ctx.cache_dir if ctx.cache_dir is not None else cache_root()
     return root / CACHE_NAME
 
 

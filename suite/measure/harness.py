@@ -257,7 +257,7 @@ def _prepare(
     path = Path(model)
     if backend.model_kind == "torch":
         raise DepthbenchError(
-            f"backend 'torch' of profile {profile.name!r} measures torch modules, not the file "
+            f"backend {backend.name!r} of profile {profile.name!r} measures torch modules, not the file "
             f"{path}; pass the model itself, or use an ONNX profile such as cpu-onnxruntime"
         )
     shape, file_dtype = onnx_input(path, profile.batch)

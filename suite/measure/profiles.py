@@ -19,6 +19,9 @@ alike; a profile that fixes it (the upstream protocol fixes 224) measures at tha
 
 Replay profiles (``backend: replay``) have no device: they answer latency-table queries from a
 table measured upstream (``suite/reference``), so a method can plan for hardware the user lacks.
+Cost-model profiles (``backend: costmodel``) answer every query, end to end or per segment, from
+an analytic roofline model (``suite.measure.backends.costmodel``): deterministic, and fast
+anywhere.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from suite.yaml_input import load_yaml_model
 REPLAY = "replay"
 # The measuring backends (suite/measure/backends/ implements one each); a profile names one of
 # them or ``replay``.
-BACKENDS = ("onnxruntime", "tensorrt", "torch", "trtexec")
+BACKENDS = ("costmodel", "onnxruntime", "tensorrt", "torch", "trtexec")
 PROFILE_PATH_ENV = "DEPTHBENCH_PROFILE_PATH"
 # A regular package on disk (wheels install unpacked), so importlib.resources gives its directory.
 PROJECT_PROFILE_DIR = Path(str(resources.files("suite.hardware_profiles")))
@@ -141,6 +144,28 @@ class TrtexecSettings(TensorRTSettings):
     data_transfers: bool
 
 
+class OpEfficiency(_Strict):
+    """The fraction of the peak MAC rate each kind of op reaches (roofline compute term)."""
+
+    dense_conv: float = Field(gt=0, le=1, description="convolutions with groups = 1 (or grouped)")
+    depthwise_conv: float = Field(gt=0, le=1, description="one input channel per output channel")
+    linear: float = Field(gt=0, le=1, description="matrix products (fully connected layers)")
+
+
+class CostModelSettings(_Strict):
+    """The analytic cost model's parameters (``suite.measure.backends.costmodel``).
+
+    Each op costs max(MACs / (peak_gmacs · 1e9 · efficiency), bytes / (bandwidth_gbs · 1e9))
+    seconds plus ``launch_overhead_us``; ops other than convolutions and matrix products are
+    memory-bound.
+    """
+
+    peak_gmacs: float = Field(gt=0, description="peak multiply-accumulates per second, in 1e9")
+    bandwidth_gbs: float = Field(gt=0, description="memory bandwidth, in 1e9 bytes per second")
+    launch_overhead_us: float = Field(ge=0, description="fixed cost of every op, microseconds")
+    efficiency: OpEfficiency
+
+
 class ReplaySettings(_Strict):
     """An upstream latency table (a CSV in ``suite/reference``) and the network it measures."""
 
@@ -159,7 +184,7 @@ class ReplaySettings(_Strict):
         return table
 
 
-_SECTIONS = ("onnxruntime", "torch", "tensorrt", "trtexec", "replay")
+_SECTIONS = ("costmodel", "onnxruntime", "torch", "tensorrt", "trtexec", "replay")
 
 
 class Profile(_Strict):
@@ -176,6 +201,7 @@ class Profile(_Strict):
     resolution: int | None = Field(None, ge=1)
     protocol: Protocol | None = None
     table_protocol: Protocol | None = None
+    costmodel: CostModelSettings | None = None
     onnxruntime: OnnxRuntimeSettings | None = None
     torch: TorchSettings | None = None
     tensorrt: TensorRTSettings | None = None
@@ -205,9 +231,10 @@ class Profile(_Strict):
                 raise ValueError(f"a measuring profile needs {field!r}")
             if not measuring and getattr(self, field) is not None:
                 raise ValueError(f"a replay profile measures nothing; remove {field!r}")
-        if self.precision == "fp16" and not self._runs_on_gpu:
+        if self.precision == "fp16" and not (self._runs_on_gpu or self.backend == "costmodel"):
             raise ValueError(
-                "precision fp16 needs a GPU backend (tensorrt, trtexec, or torch on cuda)"
+                "precision fp16 needs a GPU backend (tensorrt, trtexec, or torch on cuda) or "
+                "the cost model (costmodel)"
             )
         return self
 

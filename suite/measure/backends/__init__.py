@@ -91,4 +91,4 @@ def run_protocol(step: Callable[[], float], protocol: Protocol) -> np.ndarray:
 
 
 # Importing the built-in backends registers them.
-from suite.measure.backends import onnxruntime, tensorrt, torch, trtexec  # noqa: E402, F401, I001
+from suite.measure.backends import costmodel, onnxruntime, tensorrt, torch, trtexec  # noqa: E402, F401, I001
