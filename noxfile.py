@@ -91,7 +91,18 @@ def default_run_id(session: nox.Session, python: str) -> str:
 
 @nox.session(venv_backend="none")
 def asv(session: nox.Session) -> None:
-    """asv in the shared environment, results kept under .asv/results for this commit."""
+    """asv in the shared environment, results kept under .asv/results for this commit.
+
+    Refuses a tree with uncommitted changes: the results would be filed under a commit that did not
+    produce them."""
+    changes = session.run(
+        "git", "status", "--porcelain", "--untracked-files=no", external=True, silent=True
+    )
+    if changes.strip():
+        session.error(
+            "the working tree has uncommitted changes; commit or stash them first, so that the "
+            "benchmarks are those of the commit they are filed under"
+        )
     python = shared_python(session)
     commit = session.run("git", "rev-parse", "HEAD", external=True, silent=True).strip()
     session.run(python, "-m", "asv", "machine", "--yes", external=True)

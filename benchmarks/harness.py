@@ -1,4 +1,4 @@
-"""asv: the latency harness's own cost and steadiness (issue 3 targets), one question each.
+"""asv: the latency harness's own cost and steadiness (targets in docs/measurement.md), one question each.
 
 All on MobileNetV2-1.0 at 224x224, batch 1, under the default profile cpu-onnxruntime:
 

@@ -183,7 +183,7 @@ def test_layerprune_candidates_are_the_shape_preserving_blocks(contexts):
     mobilenet = layerprune_candidates(contexts("mobilenet_v2").chain)
     vgg = [c.units for c in layerprune_candidates(contexts("vgg11_bn").chain)]
 
-    # every BasicBlock but the first of stages 2-4, whose projection changes the shape (notes §2)
+    # every BasicBlock but the first of stages 2-4, whose projection changes the shape (LayerPrune's shape rule)
     assert resnet == [(2, 3), (4, 5), (8, 9), (12, 13), (16, 17)]
     assert len(mobilenet) == 10 and all(len(c.units) == 3 and len(c.gated) == 2 for c in mobilenet)
     assert vgg == [(4,), (6,), (7,), (8,)]  # C_in = C_out, a pool after 4, 6 and 8 kept
@@ -255,7 +255,7 @@ def test_relu_reduction_merges_through_consecutive_removals(contexts):
 @pytest.mark.parametrize(
     ("pattern", "kept"),
     [
-        ("A", {0, 3, 4, 6, 8, 10, 11, 13, 14, 15, 16}),  # Fu et al.; notes §1
+        ("A", {0, 3, 4, 6, 8, 10, 11, 13, 14, 15, 16}),  # Fu et al.'s pattern A
         ("A10", {2, 4, 5, 6, 9, 10, 11, 12, 13, 14, 15, 16}),  # Kim et al.'s port
     ],
 )

@@ -76,7 +76,7 @@ def shortest_paths(L: int, latency: dict[Segment, float]) -> np.ndarray:
 def is_valid_segment(
     i: int, j: int, stride_boundaries: set[int], residual_blocks: list[tuple[int, int]]
 ) -> bool:
-    """The notes' stride and residual rules (§1 a, b)."""
+    """The upstream stride and residual rules, written out independently of suite.core.chain."""
     if any(i < b < j for b in stride_boundaries):
         return False
     return all(not (i < s < j < t) and not (s < i < t < j) for s, t in residual_blocks)
@@ -87,7 +87,7 @@ def is_valid_segment(
     [(MBV2_10, 171, 33.67, 6.47), (MBV2_14, 171, 43.20, 10.28), (VGG19, 36, 193.08, 155.99)],
 )
 def test_stage1_fastest_fusion_is_the_published_one(table_name, rows, singles_ms, fastest_ms):
-    """The notes' table of upstream numbers (2 decimals): Σ single-conv T and T_opt(0, L)."""
+    """Upstream's published numbers (2 decimals): Σ single-conv T and T_opt(0, L)."""
     L, segments, latency = load_latency_table(table_name)
     assert len(segments) == rows
     assert sum(latency[(p - 1, p)] for p in range(1, L + 1)) == pytest.approx(singles_ms, abs=5e-3)

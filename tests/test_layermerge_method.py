@@ -49,19 +49,15 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ctx(workdir) -> PlanContext:
-    """A short real MobileNetV2 (L = 14) under the torch test profile at batch 1."""
-    text = (PROFILES / "test-torch-fast.yaml").read_text()
-    text = text.replace("name: test-torch-fast", "name: lm-test-torch")
-    text = text.replace("batch: 2", "batch: 1").replace("resolution: 16", "resolution: null")
-    profile_path = workdir / "lm-test-torch.yaml"
-    profile_path.write_text(text)
+    """A short real MobileNetV2 (L = 14) under the deterministic cost-model profile: a budget
+    decision never depends on the machine's load."""
     digits = load_data("digits", resolution=32)
     data = replace(digits, holdout=Subset(digits.holdout, range(16)))
     torch.manual_seed(0)
     model = MobileNetV2(num_classes=10, width_mult=0.35, inverted_residual_setting=SHORT_MBV2)
     return plan_context(
         trace(randomize_batchnorm(model), 32, "mbv2-short"),
-        load_profile(profile_path),
+        load_profile("cpu-costmodel"),
         data,
         FinetuneRecipe(steps=1),
         fidelity="smoke",

@@ -152,9 +152,10 @@ def test_report_numbers_are_regenerated_from_parquet_alone(tmp_path):
     assert names == {
         f"{stem}.{suffix}"
         for stem, suffix in itertools.chain(
-            itertools.product(("results", "unmeasured"), ("csv", "md", "tex", "html")),
+            itertools.product(("results", "unmeasured"), ("csv", "md", "tex")),
             itertools.product(("pairwise",), ("csv", "md")),
-            itertools.product(("accuracy_vs_latency", "speedup_vs_drop"), ("png", "svg")),
+            itertools.product(("accuracy_vs_latency", "speedup_vs_drop"), ("png", "svg", "pdf")),
+            [("report", "html")],
         )
     }
     assert (folder / "accuracy_vs_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -193,7 +194,7 @@ def test_report_numbers_are_regenerated_from_parquet_alone(tmp_path):
     markdown = (folder / "results.md").read_text()
     assert "| dp_depth" in markdown and "2.000 [1.990, 2.010]" in markdown
     assert "\\begin{tabular}" in (folder / "results.tex").read_text()
-    assert "<table" in (folder / "results.html").read_text()
+    assert "<table" in (folder / "report.html").read_text()
 
 
 def test_profiles_never_share_a_table(tmp_path):

@@ -1,4 +1,4 @@
-"""Importance tables h(i, j, a_i, a_j) of the dp-depth method (notes §1 "Extended importance", §2).
+"""Importance tables h(i, j, a_i, a_j) of the dp-depth method (docs/methods/dp-depth.md, "Importance entries").
 
 One entry measures what it costs to fuse the segment (i, j] into one conv with activation states
 a_i and a_j at its ends (``entry_plan``): the base network keeps its original activations outside

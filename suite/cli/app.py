@@ -9,18 +9,26 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from suite.cli import env as cli_env
 from suite.cli import measure as cli_harness
 from suite.cli import methods as cli_methods
 from suite.cli import report as cli_report
 from suite.cli import run as cli_run
+from suite.cli import session as cli_session
 from suite.cli.options import (
     DEFAULT_RESOLUTION,
+    Checkpoint,
+    Format,
     ModelArgument,
     NumClasses,
+    OutputFormat,
     Resolution,
     Width,
+    check_plan_network,
     check_resolution,
+    plan_network,
 )
+from suite.cli.output import emit
 from suite.console import configure_logging, console, user_errors
 from suite.errors import DepthbenchError
 
@@ -35,6 +43,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(requested: bool) -> None:
+    """``--version``: the package version and the code version every record carries."""
+    if not requested:
+        return
+    from importlib import metadata
+
+    from suite.provenance import code_version
+
+    console.print(f"depthbench {metadata.version('depthbench')}", highlight=False)
+    console.print(f"code version {code_version()}", highlight=False)
+    raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     quiet: Annotated[
@@ -42,6 +63,15 @@ def main_options(
     ] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show debug detail too.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Show the package version and the code version (git commit) records carry.",
+        ),
     ] = False,
 ) -> None:
     # Progress and warnings go to stderr: bars on a terminal, one line per step otherwise.
@@ -107,8 +137,10 @@ def merge(
     width: Width = 1.0,
     resolution: Resolution = None,
     num_classes: NumClasses = 1000,
+    checkpoint: Checkpoint = None,
 ) -> None:
     """Build a plan's deploy network (BN folded, groups merged) and export it to ONNX, checked."""
+    from suite.cli.methods import load_weights
     from suite.core.export import export_onnx
     from suite.core.plan import Plan
     from suite.core.realize import deploy_network, trainable_network
@@ -121,30 +153,40 @@ def merge(
                 f"--out {out}: the folder {out.parent} does not exist; create it or write elsewhere"
             )
         the_plan = Plan.load(plan)
+        check_plan_network(the_plan.meta, plan, plan_network(model, width, resolution, num_classes))
         traced = trace_model(model, width=width, num_classes=num_classes, resolution=resolution)
+        if checkpoint is not None:
+            load_weights(traced, checkpoint)
         deploy = deploy_network(trainable_network(traced, the_plan))
         export_onnx(deploy, (1, 3, resolution, resolution), out)
     groups = the_plan.groups(traced.chain)
     console.print(
-        f"wrote {escape(str(out))}: {len(groups)} merged convs, {len(the_plan.activations)} activations"
+        f"wrote {escape(str(out))}: {len(groups)} merged convs, {len(the_plan.activations)} activations",
+        soft_wrap=True,  # the path stays on one line, ready to copy
     )
 
 
 @app.command("list-methods")
-def list_methods_command() -> None:
+def list_methods_command(output: Format = OutputFormat.table) -> None:
     """List the registered compression methods."""
     from suite.core.registry import list_methods
 
-    table = Table(title="registered methods")
-    for column in ("name", "aliases", "paper"):
-        table.add_column(column)
     with user_errors():
-        for spec in list_methods():
-            table.add_row(spec.name, ", ".join(spec.aliases), spec.paper)
-    console.print(table)
+        rows = [
+            {"name": spec.name, "aliases": list(spec.aliases), "paper": spec.paper}
+            for spec in list_methods()
+        ]
+
+    def table() -> Table:
+        shown = Table("name", "aliases", "paper", title="registered methods")
+        for row in rows:
+            shown.add_row(row["name"], ", ".join(row["aliases"]), escape(row["paper"]))
+        return shown
+
+    emit(rows, output, table)
 
 
-for module in (cli_harness, cli_methods, cli_run, cli_report):
+for module in (cli_harness, cli_methods, cli_run, cli_report, cli_session, cli_env):
     module.register(app)
 
 

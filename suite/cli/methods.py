@@ -23,12 +23,15 @@ before any work (training the base network can take minutes).
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, get_type_hints
 
 import typer
+import yaml
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
@@ -43,18 +46,28 @@ from suite.cli.options import (
     DataRoot,
     Fidelity,
     FidelityOption,
+    Format,
     MethodArgument,
+    MethodConfig,
+    MethodConfigFile,
     ModelArgument,
+    OutputFormat,
     Profile,
     Seed,
     Width,
     check_budget,
+    check_new_file,
     check_resolution,
+    plan_network,
 )
-from suite.console import Steps, console, step_progress, user_errors
+from suite.cli.output import emit
+from suite.console import Steps, err_console, step_progress, user_errors
 from suite.errors import DepthbenchError
 
 if TYPE_CHECKING:
+    import torch
+    from pydantic import BaseModel
+
     from suite.core.budget import Budget
     from suite.core.method import PlanContext
     from suite.core.plan import Plan
@@ -79,6 +92,9 @@ class CellOptions:
     checkpoint: Checkpoint = None
     fidelity: FidelityOption = Fidelity.full
     seed: Seed = 0
+    config: MethodConfig = None
+    config_file: MethodConfigFile = None
+    output: Format = OutputFormat.table
 
 
 def cell_command(command: Callable[..., None]) -> Callable[..., None]:
@@ -105,9 +121,88 @@ def cell_command(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``plan`` and ``compress`` to ``app``."""
+    """Add ``plan``, ``compress`` and ``methods show`` to ``app``."""
     app.command("plan")(cell_command(plan_command))
     app.command("compress")(cell_command(compress_command))
+    methods = typer.Typer(help="Compression methods: show one's config.", no_args_is_help=True)
+    methods.command("show")(show_command)
+    app.add_typer(methods, name="methods")
+
+
+def show_command(method: MethodArgument, output: Format = OutputFormat.table) -> None:
+    """Show a method's paper and its config fields with their types, defaults and meaning."""
+
+    from pydantic_core import to_jsonable_python
+
+    from suite.core.registry import get_method
+
+    with user_errors():
+        spec = get_method(method)
+    schema = spec.config.model_json_schema()
+    fields = [
+        {
+            "field": name,
+            "type": _type_name(field.annotation),
+            "default": None
+            if field.is_required()
+            else to_jsonable_python(field.get_default(call_default_factory=True)),
+            "required": field.is_required(),
+            "description": field.description or "",
+        }
+        for name, field in spec.config.model_fields.items()
+    ]
+    about = {"name": spec.name, "aliases": list(spec.aliases), "paper": spec.paper}
+
+    def table() -> Table:
+        shown = Table("field", "type", "default", "description", title=escape(spec.paper))
+        for row in fields:
+            default = "(required)" if row["required"] else json.dumps(row["default"])
+            shown.add_row(
+                row["field"], escape(row["type"]), escape(default), escape(row["description"])
+            )
+        return shown
+
+    emit({**about, "fields": fields, "schema": schema}, output, table)
+
+
+def _type_name(annotation: object) -> str:
+    name = getattr(annotation, "__name__", None)
+    return (
+        name
+        if name and not getattr(annotation, "__args__", None)
+        else str(annotation).replace("typing.", "")
+    )
+
+
+def method_config(cell: CellOptions) -> dict:
+    """The method config fields of ``--config-file`` and then each ``--config key=value``."""
+    values: dict = {}
+    if cell.config_file is not None:
+        if not cell.config_file.is_file():
+            raise DepthbenchError(f"--config-file {cell.config_file} does not exist")
+        try:
+            content = yaml.safe_load(cell.config_file.read_text())
+        except yaml.YAMLError as error:
+            raise DepthbenchError(
+                f"--config-file {cell.config_file}: not valid YAML: {error}"
+            ) from None
+        if not isinstance(content or {}, dict):
+            raise DepthbenchError(
+                f"--config-file {cell.config_file}: expected a mapping of config fields "
+                f"(key: value), found {type(content).__name__}"
+            )
+        values |= content or {}
+    for item in cell.config or []:
+        key, equals, text = item.partition("=")
+        if not equals or not key.strip():
+            raise DepthbenchError(f"--config {item!r}: give key=value, e.g. --config alpha=1.2")
+        try:
+            values[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise DepthbenchError(
+                f"--config {item!r}: the value is not valid YAML: {error}"
+            ) from None
+    return values
 
 
 def plan_command(
@@ -118,7 +213,7 @@ def plan_command(
     from suite.run.train import FinetuneRecipe
 
     with user_errors():
-        spec, budget = _checked(cell)
+        spec, config, budget = _checked(cell)
         if out is not None and not out.parent.is_dir():
             raise DepthbenchError(
                 f"--out {out}: the folder {out.parent} does not exist; create it or write elsewhere"
@@ -131,14 +226,19 @@ def plan_command(
                 raise DepthbenchError(
                     f"{spec.name} does not apply to {ctx.chain.name}: {unsupported}"
                 )
-            result = spec.plan(ctx, budget, spec.make_config())
-        plan = result.plan
+            result = spec.plan(ctx, budget, config)
+        network = plan_network(cell.model, cell.width, ctx.chain.resolution, ctx.data.num_classes)
+        plan = replace(result.plan, meta={**result.plan.meta, "network": network})
         plan.validate(ctx.chain)
         if out is not None:
             plan.save(out)
-    console.print(_plan_table(plan, ctx))
+    emit(
+        {**plan.to_json(), "profile": ctx.profile.name, "profile_hash": ctx.profile.hash},
+        cell.output,
+        lambda: _plan_table(plan, ctx),
+    )
     if out is not None:
-        console.print(f"wrote {escape(str(out))}")
+        err_console.print(f"wrote {escape(str(out))}")
 
 
 def compress_command(
@@ -147,13 +247,27 @@ def compress_command(
         float | None, typer.Option(help="Fine-tuning epochs (default 1; or give --steps).")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Fine-tuning optimiser steps.")] = None,
+    save_onnx: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the deploy network as ONNX here (a new file).", show_default=False
+        ),
+    ] = None,
+    save_state_dict: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the deploy network's state dict here (a new file).", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Plan, fine-tune, merge, measure and evaluate one cell; print its result."""
     from suite.run.cell import run_cell
     from suite.run.train import FinetuneRecipe
 
     with user_errors():
-        spec, budget = _checked(cell)
+        spec, config, budget = _checked(cell)
+        check_new_file(save_onnx, "--save-onnx")
+        check_new_file(save_state_dict, "--save-state-dict")
         if epochs is not None and steps is not None:
             raise DepthbenchError("give the fine-tuning length as --epochs or --steps, not both")
         if (epochs is not None and epochs <= 0) or (steps is not None and steps <= 0):
@@ -167,24 +281,47 @@ def compress_command(
                     f"the data is at {ctx.data.resolution}: pass --resolution "
                     f"{ctx.chain.resolution}, or use a profile with resolution: null"
                 )
-            outcome = run_cell(ctx, spec.name, None, budget)
+            outcome = run_cell(ctx, spec.name, config.model_dump(mode="json"), budget)
         if outcome.status != "ok":
             raise DepthbenchError(f"{cell.method} is infeasible at this budget: {outcome.reason}")
-    console.print(_plan_table(outcome.plan, ctx))
-    console.print(
-        _cell_table(outcome.fields, f"{cell.method} on {ctx.chain.name} ({ctx.data.name})")
+        _save_artefacts(outcome.deploy, ctx, save_onnx, save_state_dict)
+    emit(
+        {"plan": outcome.plan.to_json(), **outcome.fields},
+        cell.output,
+        lambda: Group(
+            _plan_table(outcome.plan, ctx),
+            _cell_table(outcome.fields, f"{cell.method} on {ctx.chain.name} ({ctx.data.name})"),
+        ),
     )
 
 
-def _checked(cell: CellOptions) -> tuple[MethodSpec, Budget]:
-    """The method (its default config validated) and the budget, checked before any work."""
+def _save_artefacts(
+    deploy: torch.nn.Module, ctx: PlanContext, onnx_path: Path | None, state_path: Path | None
+) -> None:
+    """The deploy network as the profile measured it: ONNX at its batch and resolution, and its
+    state dict."""
+    import torch
+
+    from suite.core.export import export_onnx
+
+    size = ctx.chain.resolution
+    if onnx_path is not None:
+        export_onnx(deploy, (ctx.profile.batch, 3, size, size), onnx_path)
+        err_console.print(f"wrote {escape(str(onnx_path))}")
+    if state_path is not None:
+        torch.save(deploy.state_dict(), state_path)
+        err_console.print(f"wrote {escape(str(state_path))}")
+
+
+def _checked(cell: CellOptions) -> tuple[MethodSpec, BaseModel, Budget]:
+    """The method, its config (validated) and the budget, checked before any work."""
     from suite.core.budget import Budget
     from suite.core.registry import get_method
 
     spec = get_method(cell.method)
-    spec.make_config()
+    config = spec.make_config(method_config(cell))
     check_resolution(cell.resolution)
-    return spec, Budget(kind=cell.budget_kind.value, value=check_budget(cell.budget))
+    return spec, config, Budget(kind=cell.budget_kind.value, value=check_budget(cell.budget))
 
 
 def setup_context(cell: CellOptions, recipe: FinetuneRecipe, steps: Steps) -> PlanContext:
@@ -207,7 +344,7 @@ def setup_context(cell: CellOptions, recipe: FinetuneRecipe, steps: Steps) -> Pl
         width=cell.width,
         progress=lambda done, total: steps("train the base network", done, total),
     )
-    _load_weights(traced, checkpoint)
+    load_weights(traced, checkpoint)
     return plan_context(
         traced,
         profile,
@@ -233,7 +370,7 @@ def _base_recipe() -> FinetuneRecipe:
     return recipe
 
 
-def _load_weights(traced: TracedModel, checkpoint: Path) -> None:
+def load_weights(traced: TracedModel, checkpoint: Path) -> None:
     from suite.run.train import load_checkpoint
 
     try:

@@ -19,3 +19,8 @@ class Budget(BaseModel):
 
     kind: Literal["fraction", "ms", "table"]
     value: float = Field(gt=0, allow_inf_nan=False)
+
+    def target_ms(self, base_latency_ms: float) -> float | None:
+        """The milliseconds of measured end-to-end latency this budget allows, given the base
+        network's; None for table units, which are planned in without a measured target."""
+        return {"fraction": self.value * base_latency_ms, "ms": self.value}.get(self.kind)

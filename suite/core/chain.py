@@ -38,6 +38,10 @@ class ConvSpec:
     padding: int
     groups: int
 
+    @property
+    def is_depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
 
 @dataclass(frozen=True)
 class Unit:

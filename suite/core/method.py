@@ -15,9 +15,11 @@ least to most compressed, and returns the first whose deploy network measures wi
 Most baselines rank *candidates* (blocks, activations, operations) by their paper's score and
 apply ever longer prefixes of that ranking: ``walk_ranking`` is that loop, so a baseline is its
 scoring rule and one call.
-Candidates (and the base network they are compared with) are screened under the profile's light
-``table_protocol``: a method may try dozens of plans, and the full protocol on each would make a
-small run take hours. The cell's final number is measured under the full ``protocol``.
+Candidates are screened under the profile's light ``table_protocol``: a method may try dozens of
+plans, and the full protocol on each would make a small run take hours. The base network a
+fraction budget refers to is not screened: ``base_latency`` gives its latency under the full
+``protocol``, measured once per run and profile and stored with the run (``suite.run.baseline``),
+so every cell of a run, in any process, resolves a budget to the same target.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ Candidate = TypeVar("Candidate")
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 Screen = Callable[[nn.Module], "LatencyResult"]  # a deploy network, timed under table_protocol
 TableSource = Callable[[Chain, MergeRule], "LatencyTable"]  # T(i, j) of a chain under the profile
+BaseLatency = Callable[[], float]  # the base network's latency (ms) under the full protocol
 
 
 class Infeasible(DepthbenchError):
@@ -63,6 +66,7 @@ class PlanContext:
     recipe: FinetuneRecipe
     screen: Screen
     tables: TableSource
+    base_latency: BaseLatency
     fidelity: Fidelity = "full"
     seed: int = 0
     cache_dir: Path | None = None  # the run's cache folder; None: the user cache
@@ -84,14 +88,16 @@ class PlanContext:
         return self._measured[key]
 
     def base_latency_ms(self) -> float:
-        return self.measure_plan(Plan.original(self.chain)).median_ms
+        """The base network's end-to-end latency under the profile's full protocol, the one
+        measurement of it the run made (not a screening)."""
+        return self.base_latency()
 
     def target_ms(self, budget: Budget) -> float:
         """The budget as milliseconds of measured end-to-end latency."""
-        if budget.kind == "fraction":
-            return budget.value * self.base_latency_ms()
         if budget.kind == "ms":
             return budget.value
+        if budget.kind == "fraction":
+            return budget.target_ms(self.base_latency_ms())
         raise DepthbenchError(
             "a 'table' budget is in latency-table units and only the dp-depth method plans in "
             "them; give the budget as a fraction of the base latency or in ms"

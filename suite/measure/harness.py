@@ -157,6 +157,8 @@ def session_interval(session_medians: Sequence[float]) -> tuple[float, float]:
         raise DepthbenchError(
             f"a between-session interval needs at least 2 positive session medians, got {medians}"
         )
+    if np.all(medians == medians[0]):  # no spread (a cost model): exactly the value, not exp(log)
+        return float(medians[0]), float(medians[0])
     logs = np.log(medians)
     half_width = (
         student_t.ppf(0.5 + CONFIDENCE / 2, logs.size - 1) * logs.std(ddof=1) / np.sqrt(logs.size)

@@ -33,13 +33,20 @@ import platform
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from suite.errors import DepthbenchError
 from suite.yaml_input import load_yaml_model
@@ -82,7 +89,7 @@ class DeviceMatch(_Strict):
 
 
 class Protocol(_Strict):
-    """How one latency number is measured (pyperf/trtexec/MLPerf practice, see harness-notes §1).
+    """How one latency number is measured (pyperf/trtexec/MLPerf practice; docs/measurement.md, "The protocol").
 
     Warm up for ``warmup_s``; then time single inferences until at least ``min_iterations`` *and*
     ``min_seconds`` are reached; do that ``repeats`` times, each with a fresh session or engine.
@@ -101,7 +108,7 @@ class Protocol(_Strict):
 
 
 class OnnxRuntimeSettings(_Strict):
-    """ONNX Runtime CPU session settings (onnxruntime.ai threading docs; harness-notes §1.6)."""
+    """ONNX Runtime CPU session settings (ONNX Runtime's threading documentation; docs/measurement.md, "Backends")."""
 
     intra_op_threads: int = Field(ge=1)
     affinity: str | None = Field(
@@ -138,7 +145,7 @@ class TensorRTSettings(_Strict):
 
 
 class TrtexecSettings(TensorRTSettings):
-    """The ``trtexec`` flags on top of the builder settings (harness-notes §1.1)."""
+    """The ``trtexec`` flags on top of the builder settings (docs/measurement.md, "Backends")."""
 
     spin_wait: bool
     data_transfers: bool
@@ -321,16 +328,23 @@ def _read(path: str) -> str | None:
 
 
 def profile_dirs() -> list[Path]:
-    """The search path: ``$DEPTHBENCH_PROFILE_PATH`` entries first, then the shipped profiles."""
+    """The search path: ``$DEPTHBENCH_PROFILE_PATH`` entries first, then the user's profile folder
+    (``user_profile_dir``), then the shipped profiles."""
     extra = [Path(p) for p in os.environ.get(PROFILE_PATH_ENV, "").split(os.pathsep) if p]
-    return [*extra, PROJECT_PROFILE_DIR]
+    return [*extra, user_profile_dir(), PROJECT_PROFILE_DIR]
+
+
+def user_profile_dir() -> Path:
+    """``$XDG_CONFIG_HOME/depthbench/profiles`` (``~/.config`` without XDG)."""
+    root = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return root / "depthbench" / "profiles"
 
 
 def profile_files() -> list[Path]:
     """Every ``*.yaml`` on the search path; the same name twice is an error."""
     seen: dict[str, Path] = {}
     for directory in profile_dirs():
-        for path in sorted(directory.glob("*.yaml")):
+        for path in sorted(directory.glob("*.yaml")):  # none where the folder does not exist
             if path.stem in seen:
                 raise DepthbenchError(
                     f"profile {path.stem!r} is defined twice: {seen[path.stem]} and {path}; "
@@ -368,3 +382,28 @@ def read_profile(path: Path) -> Profile:
             f"{path.stem!r}"
         )
     return profile
+
+
+def derive_profile(profile: Profile, replacements: Mapping[str, Any]) -> Profile:
+    """A copy of ``profile`` with fields replaced, validated like a profile file.
+
+    ``replacements`` maps dotted field paths (``batch``, ``protocol.repeats``) to values. The copy
+    keeps the name and says what was replaced in its description; its content hash differs, so
+    results measured under it never mix with the original's.
+    """
+    content = profile.model_dump(mode="json")
+    for path, value in replacements.items():
+        *sections, field = path.split(".")
+        target = content
+        for section in sections:
+            target = target[section]
+        target[field] = value
+    changes = ", ".join(f"{path}={value}" for path, value in replacements.items())
+    content["description"] = f"{profile.description.rstrip()} Derived: {changes}."
+    try:
+        return Profile.model_validate(content)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise DepthbenchError(
+            f"profile {profile.name!r} with {changes} is not valid: {problems}"
+        ) from None

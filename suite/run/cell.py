@@ -9,6 +9,7 @@ environment, code version) and stores it. A method that cannot meet the budget r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from suite.errors import DepthbenchError
 from suite.measure.harness import LatencyResult, measure
 from suite.measure.profiles import Profile
 from suite.measure.tables import LatencyTable, TableCache, build_table
+from suite.run.baseline import measure_base
 from suite.run.data import DataSplits
 from suite.run.stats import pack_correct
 from suite.run.train import FinetuneRecipe, evaluate, finetune, recipe_steps
@@ -48,14 +50,24 @@ def plan_context(
     seed: int = 0,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    base_latency_ms: float | None = None,
 ) -> PlanContext:
     """A method's planning context, its measuring wired to the harness under ``profile``.
 
     Candidates are screened under the profile's light ``table_protocol``; latency tables are
-    cached in ``cache_dir`` (none: not cached, as under a replay profile).
+    cached in ``cache_dir`` (none: not cached, as under a replay profile). ``base_latency_ms`` is
+    the run's stored full-protocol measurement of the base network (``suite.run.baseline``);
+    without one (a single cell, outside a run) the base network is measured under the full
+    protocol the first time a budget needs it, once for this context.
     """
     shape = (3, traced.chain.resolution, traced.chain.resolution)
     cache = TableCache(cache_dir / LATENCY_TABLES) if cache_dir is not None else None
+
+    @functools.cache
+    def base_latency() -> float:
+        if base_latency_ms is not None:
+            return base_latency_ms
+        return measure_base(traced, profile).median_ms
 
     def screen(network: nn.Module) -> LatencyResult:
         return measure(network, profile, shape, protocol=profile.table_protocol)
@@ -70,6 +82,7 @@ def plan_context(
         recipe=recipe,
         screen=screen,
         tables=tables,
+        base_latency=base_latency,
         fidelity=fidelity,
         seed=seed,
         cache_dir=cache_dir,

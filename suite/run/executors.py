@@ -8,7 +8,7 @@ item and yields the results in the order they finish.
   the map runs and take items one at a time. ``fn`` is shipped to each lane once, so whatever it
   caches (data, measured latencies) lasts across that lane's items. There are as many lanes as
   the cluster has units of ``resources``, and each also holds its node's CPUs (its share, where
-  a node has several units). The runner uses that for latency (harness-notes §5: latency work
+  a node has several units). The runner uses that for latency (docs/measurement.md: latency work
   runs in an exclusive lane): every cell of a profile requests ``{"profile:<name>": 1}``, a node
   advertises one unit, so each node runs one cell at a time and no other Ray work beside it.
 

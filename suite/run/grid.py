@@ -4,7 +4,10 @@ A run goes
 
     experiment -> grid of cells (method x budget x profile x seed, for the experiment's model)
       -> skip the cells already stored -> data -> base network (checkpoint, or trained once and
-      cached) -> each remaining cell: ``run_cell`` -> one record -> ``consolidate``
+      cached) -> per profile: the base latency, measured once and stored (``run/baseline.py``),
+      each cell's budget resolved against it -> each remaining cell: ``run_cell`` -> one record
+      (+ its deploy network) -> one interleaved session per profile (``run/session.py``)
+      -> ``consolidate``
 
 Cells are content-addressed: a cell's hash covers everything its result depends on (model, data
 set, base weights, method and full config, budget, profile hash, seed, fine-tune recipe,
@@ -33,6 +36,7 @@ the budget ``fraction 1.0``, i.e. 100% of the base network's own latency.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import re
@@ -56,10 +60,12 @@ from suite.measure.harness import capture_environment
 from suite.measure.profiles import Profile, load_profile
 from suite.measure.tables import TableCache
 from suite.provenance import code_version, config_hash
+from suite.run.baseline import stored_base_latency
 from suite.run.cell import plan_context, run_cell
 from suite.run.config import DatasetConfig, Experiment
 from suite.run.data import DataSplits, load_data
 from suite.run.executors import Executor, Resources
+from suite.run.session import measure_run_sessions, save_deploy
 from suite.run.store import (
     CellRecord,
     Claim,
@@ -87,6 +93,14 @@ class Cell:
     profile: Profile
     seed: int
     cell_hash: str
+    base_latency_ms: float | None = None  # the run's stored base measurement (run/baseline.py)
+    target_ms: float | None = None  # the budget resolved against it, shipped with the cell
+
+    def with_base(self, base_latency_ms: float | None) -> Cell:
+        if base_latency_ms is None:  # no device to measure on: the cell fails and says why
+            return self
+        target = self.budget.target_ms(base_latency_ms)
+        return dataclasses.replace(self, base_latency_ms=base_latency_ms, target_ms=target)
 
     @property
     def label(self) -> str:
@@ -209,6 +223,7 @@ class CellRunner:
     cache_dir: Path  # latency tables and importance entries
     progress: StepProgress | None = None  # only where the cells run in the caller's process
     started: Callable[[Cell], None] | None = None  # likewise
+    run_dir: Path | None = None  # results/<run_id>: ok cells' deploy networks are saved there
     _contexts: dict[tuple[str, int], PlanContext] = field(default_factory=dict, repr=False)
 
     def __call__(self, cell: Cell) -> CellRecord:
@@ -216,8 +231,17 @@ class CellRunner:
         if self.started is not None:
             self.started(cell)
         try:
-            outcome = run_cell(self._context(cell), cell.method, cell.method_config, cell.budget)
+            context = self._context(cell)
+            outcome = run_cell(context, cell.method, cell.method_config, cell.budget)
             status, reason, fields = outcome.status, outcome.reason, outcome.fields
+            if outcome.deploy is not None and self.run_dir is not None:
+                save_deploy(
+                    outcome.deploy,
+                    cell.profile,
+                    context.chain.resolution,
+                    self.run_dir,
+                    cell.cell_hash,
+                )
         except Exception as error:  # whatever went wrong, it is this cell's result; the run goes on
             status, reason = "failed", f"{type(error).__name__}: {error}"
         if "environment" not in fields:  # unmeasured cells still say where they ran
@@ -237,6 +261,8 @@ class CellRunner:
             reason=reason,
             fidelity=self.experiment.fidelity,
             code_version=self.code_version,
+            base_latency_ms=cell.base_latency_ms,
+            target_ms=cell.target_ms,
             **fields,
         )
 
@@ -251,6 +277,7 @@ class CellRunner:
                 fidelity=self.experiment.fidelity,
                 seed=cell.seed,
                 cache_dir=self.cache_dir,
+                base_latency_ms=cell.base_latency_ms,
             )
         context = self._contexts[key]
         if self.progress is not None:
@@ -307,14 +334,29 @@ def run_experiment(
             display = _Display(steps, total=len(cells), todo=len(mine))
             if mine:
                 cell_runner = make_cell_runner(experiment, run_id, display.step)
+                cell_runner.run_dir = store.root / run_id
                 if executor.in_process:
                     cell_runner.progress, cell_runner.started = display.step, display.cell_started
                 for profile, profile_cells in _by_profile(mine):
+                    base = stored_base_latency(
+                        store.root / run_id,
+                        base_network(experiment, cell_runner.weights),
+                        profile,
+                        cell_runner.code_version,
+                    )
+                    profile_cells = [cell.with_base(base) for cell in profile_cells]
                     resources = measurement_resources(profile)
                     for record in executor.map(cell_runner, profile_cells, resources):
                         _store(store, record)
                         store.release(run_id, record.cell_hash)
                         display.cell_done(record)
+            measure_run_sessions(
+                store.root / run_id,
+                store.records(run_id),
+                code_version(),
+                only_stale=True,
+                progress=display.step,
+            )
     except KeyboardInterrupt as interrupt:
         raise DepthbenchError(
             f"interrupted: the cells stored so far are kept in {store.root / run_id / 'cells'}; "

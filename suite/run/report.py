@@ -7,20 +7,35 @@ of tables and plots per profile.
 Every number carries its 95% interval (formulas in ``suite.run.stats``). A table row is one cell
 aggregated over its seeds (``aggregate_seeds``); fronts are computed on those aggregates. Methods
 at the same budget are compared pairwise on the same test images (``pairwise_table``).
+
+Written for a paper: CSV keeps every column at full precision; Markdown and LaTeX (booktabs, with
+a caption and a label, global-front rows in bold) move the columns that hold one value in
+every row (model, data set, fidelity, seeds) into the caption, which names the profile but not its
+hash. One self-contained HTML page per profile holds the tables and the figures
+(``suite.run.figures``, embedded as SVG), its results and unmeasured cells linked both ways; an
+index page links the profiles' pages when there are several.
 """
 
-import html
+import base64
 import itertools
 import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+import jinja2
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from suite.errors import DepthbenchError
+from suite.run.figures import (
+    BASELINE_METHOD,
+    XAxis,
+    accuracy_figure,
+    save_figure,
+    speedup_drop_figure,
+)
 from suite.run.stats import (
     CONFIDENCE,
     geometric_t_interval,
@@ -32,7 +47,6 @@ from suite.run.stats import (
 )
 from suite.run.store import read_consolidated
 
-BASELINE_METHOD = "original"
 _NETWORK = ["profile_hash", "model", "dataset"]  # points on one front share these
 _CELL = [
     "model", "dataset", "method", "method_config", "budget_kind", "budget_value", "profile_hash",
@@ -43,9 +57,10 @@ _SEEDLESS = [
     "profile_name", "fidelity",
 ]  # fmt: skip  # a cell without its seed: the seeds of one such group are aggregated
 _TABLE_COLUMNS = [
-    "model", "dataset", "method", "budget_kind", "budget_value", "seeds", "seed", "fidelity",
-    "top1", "top1_ci_low", "top1_ci_high", "top5", "latency_ms_median", "latency_ms_ci_low",
-    "latency_ms_ci_high", "stable", "speedup", "accuracy_drop_pp", "method_front", "global_front",
+    "model", "dataset", "method", "budget_kind", "budget_value", "target_ms", "budget_met", "seeds",
+    "seed", "fidelity", "top1", "top1_ci_low", "top1_ci_high", "top5", "latency_ms_median",
+    "latency_ms_ci_low", "latency_ms_ci_high", "latency_source", "stable", "speedup",
+    "accuracy_drop_pp", "params", "macs", "depth", "method_front", "global_front",
 ]  # fmt: skip
 _PAIRWISE_COLUMNS = [
     "model", "dataset", "budget_kind", "budget_value", "method_a", "method_b", "seeds", "top1_a",
@@ -53,7 +68,15 @@ _PAIRWISE_COLUMNS = [
     "significant", "better",
 ]  # fmt: skip
 # Columns newer than some stored runs: added empty when a run's Parquet lacks them.
-_OPTIONAL_COLUMNS = {"test_images": "Int64", "test_correct": "string"}
+_OPTIONAL_COLUMNS = {
+    "test_images": "Int64", "test_correct": "string", "latency_source": "string",
+    "target_ms": "Float64",
+    "budget_met": "boolean", "params": "Int64", "macs": "Int64", "depth": "Int64",
+}  # fmt: skip
+# Columns that describe the whole table when they hold one value: moved into its caption.
+_CONTEXT_COLUMNS = [
+    "model", "dataset", "budget_kind", "fidelity", "seeds", "seed", "stable", "status",
+]  # fmt: skip
 _UNMEASURED_COLUMNS = [
     "model", "dataset", "method", "budget_kind", "budget_value", "seed", "status", "reason",
 ]  # fmt: skip
@@ -91,7 +114,10 @@ def aggregate_seeds(records: pd.DataFrame) -> pd.DataFrame:
     each latency has its own session noise, which the spread over seeds does not show (two seeds
     with equal top-1 give a zero-width t-interval), so the interval is the hull of the
     t-interval and the one-seed intervals: the Wilson interval of the mean top-1, the seeds'
-    latency intervals. ``stable`` only if every seed was; top-5 is the mean.
+    latency intervals. ``stable`` and ``budget_met`` only if every seed's was; top-5, the latency
+    target, params, MACs and depth are the seeds' means (one value where the seeds agree).
+    ``latency_source`` says where the latencies come from: ``session`` (the run's interleaved
+    measurement of the profile, ``suite.run.session``) or ``cell`` (measured as the cell finished).
     """
     measured = _with_optional_columns(records)
     measured = measured[measured["status"] == "ok"]
@@ -101,15 +127,18 @@ def aggregate_seeds(records: pd.DataFrame) -> pd.DataFrame:
     ]
     columns = _SEEDLESS + [
         "status", "seeds", "seed", "top1", "top1_ci_low", "top1_ci_high", "top5",
-        "latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high", "stable",
+        "latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high", "latency_source", "stable",
+        "target_ms", "budget_met", "params", "macs", "depth",
     ]  # fmt: skip
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=columns).astype({"budget_met": "boolean"})
 
 
 def results_table(records: pd.DataFrame) -> pd.DataFrame:
     """The measured cells of ONE profile, aggregated over seeds (``aggregate_seeds``): top-1 and
     latency with their 95% intervals, speed-up and accuracy drop against the ``original``
-    network of the same model and data set, and front membership of the aggregates.
+    network of the same model and data set, the deployed network's params, MACs and depth, and
+    front membership of the aggregates. ``target_ms`` and ``budget_met`` are there when the
+    records hold them; a column empty in every row is left out.
 
     Records of several profile hashes are refused: their latencies are not comparable.
     """
@@ -131,7 +160,9 @@ def results_table(records: pd.DataFrame) -> pd.DataFrame:
     frame["speedup"] = frame["baseline_ms"] / frame["latency_ms_median"]
     frame["accuracy_drop_pp"] = frame["baseline_top1"] - frame["top1"]
     ordered = frame.sort_values(["model", "dataset", "method", "latency_ms_median"])
-    return ordered[_TABLE_COLUMNS].reset_index(drop=True)
+    # what the records do not hold (a budget check, a network size) is left out, not shown empty
+    empty = [c for c in _OPTIONAL_COLUMNS if c in ordered and ordered[c].isna().all()]
+    return ordered[_TABLE_COLUMNS].drop(columns=empty).reset_index(drop=True)
 
 
 def unmeasured_table(records: pd.DataFrame) -> pd.DataFrame:
@@ -193,35 +224,54 @@ def wins_table(pairwise: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def write_report(source: Path | pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Write tables (Markdown, CSV, LaTeX, HTML) and plots (PNG, SVG) per profile.
+def write_report(
+    source: Path | pd.DataFrame,
+    out_dir: Path,
+    *,
+    x: XAxis = "latency",
+    log_x: bool = False,
+    methods: Sequence[str] | None = None,
+) -> list[Path]:
+    """Write, per profile, tables (CSV, Markdown, LaTeX), figures (PNG, SVG, PDF) and one
+    self-contained HTML page holding both; with several profiles, an index page linking them.
 
     ``source`` is a consolidated run directory (its ``records.parquet`` is all that is read) or a
-    records table. Returns the written files; each profile gets ``out_dir/<profile>-<hash>/``.
+    records table. ``x`` and ``log_x`` choose the accuracy figure's x axis; ``methods`` reports on
+    those methods only (``select_methods``). Returns the written files; each profile gets
+    ``out_dir/<profile>-<hash>/``.
     """
     records = source if isinstance(source, pd.DataFrame) else read_consolidated(source)
     if records.empty:
         raise DepthbenchError("there are no records to report on: has the run finished a cell?")
-    written = []
-    for profile_hash, profile_records in records.groupby("profile_hash"):
-        profile_name = profile_records["profile_name"].iloc[0]
-        folder = Path(out_dir) / f"{_path_safe(profile_name)}-{profile_hash[:12]}"
+    records = select_methods(records, methods)
+    profiles = list(records.groupby("profile_hash", sort=True))
+    written, pages = [], []
+    for profile_hash, profile_records in profiles:
+        name = profile_records["profile_name"].iloc[0]
+        folder = Path(out_dir) / f"{_path_safe(name)}-{profile_hash[:12]}"
         folder.mkdir(parents=True, exist_ok=True)
-        title = f"{profile_name} (profile {profile_hash})"
-        table = results_table(profile_records)
-        written += _write_tables(table, folder / "results", title)
-        unmeasured = unmeasured_table(profile_records)
-        if not unmeasured.empty:
-            written += _write_tables(unmeasured, folder / "unmeasured", title)
-        pairwise = pairwise_table(profile_records)
-        if not pairwise.empty:
-            written += _write_pairwise(pairwise, folder / "pairwise", title)
-        short_title = f"{profile_name} (profile {profile_hash[:12]})"
-        if not table.empty:
-            written += _plot_accuracy_vs_latency(table, folder / "accuracy_vs_latency", short_title)
-        if table["speedup"].notna().any():
-            written += _plot_speedup_vs_drop(table, folder / "speedup_vs_drop", short_title)
+        files = _write_profile(profile_records, folder, x, log_x, indexed=len(profiles) > 1)
+        written += files
+        pages.append(
+            (name, profile_hash, files[-1], int((profile_records["status"] == "ok").sum()))
+        )
+    if len(profiles) > 1:
+        written.append(_write_index(Path(out_dir), pages))
     return written
+
+
+def select_methods(records: pd.DataFrame, methods: Sequence[str] | None) -> pd.DataFrame:
+    """The records of ``methods`` (all if None) and of the ``original`` network, the reference
+    every speed-up and drop is computed against. Fronts are then fronts among these methods."""
+    if not methods:
+        return records
+    unknown = sorted(set(methods) - set(records["method"]))
+    if unknown:
+        raise DepthbenchError(
+            f"--methods names {', '.join(map(repr, unknown))}, which the run does not have: "
+            f"choose among {', '.join(sorted(set(records['method'])))}"
+        )
+    return records[records["method"].isin([*methods, BASELINE_METHOD])]
 
 
 def compare_runs(run_a: pd.DataFrame, run_b: pd.DataFrame) -> pd.DataFrame:
@@ -285,8 +335,8 @@ def compare_runs(run_a: pd.DataFrame, run_b: pd.DataFrame) -> pd.DataFrame:
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The table as text for people: 2 decimals (3 for milliseconds), each value that has its
-    interval's columns as 'value [low, high]', seed counts as '1 seed', marks for front
-    membership. (CSV keeps full precision instead.)"""
+    interval's columns as 'value [low, high]', seed counts as '1 seed', params and MACs in
+    millions, marks for front membership, yes/no for other flags. (CSV keeps full precision.)"""
     shown = table.copy()
     for value, low, high in _WITH_INTERVAL:
         if {value, low, high} <= set(shown.columns):
@@ -301,8 +351,12 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     for column in shown.columns:
         if column.endswith("_front"):
             shown[column] = shown[column].map({True: "*", False: ""})
-        elif column == "significant":
+        elif column in ("significant", "stable", "budget_met"):
             shown[column] = shown[column].map({True: "yes", False: "no"})
+        elif column in ("params", "macs"):
+            shown[column] = shown[column].map(lambda n: "" if pd.isna(n) else f"{n / 1e6:.2f}")
+        elif column == "depth":
+            shown[column] = shown[column].map(lambda n: "" if pd.isna(n) else f"{n:g}")
         elif column in ("mcnemar_p", "top1_p_value"):
             shown[column] = shown[column].map(lambda p: "" if pd.isna(p) else f"{p:.2g}")
         elif pd.api.types.is_float_dtype(shown[column]):
@@ -323,6 +377,7 @@ _HEADERS = {
     "top1": "top-1 % [95% CI]",
     "top5": "top-5 %",
     "latency_ms_median": "latency ms [95% CI]",
+    "latency_source": "latency from",
     "top1_diff_pp": "B - A pp [95% CI]",
     "method_a": "A",
     "method_b": "B",
@@ -331,6 +386,10 @@ _HEADERS = {
     "mcnemar_p": "McNemar p",
     "speedup": "speed-up",
     "accuracy_drop_pp": "drop pp",
+    "target_ms": "target ms",
+    "budget_met": "budget met",
+    "params": "params (M)",
+    "macs": "MACs (M)",
     "method_front": "method front",
     "global_front": "global front",
     "top1_a": "top-1 % A",
@@ -366,6 +425,13 @@ def _aggregate(seeds: pd.DataFrame) -> dict[str, object]:
         "seed": ", ".join(map(str, seeds["seed"])),
         "top5": seeds["top5"].mean(),
         "stable": bool(seeds["stable"].fillna(False).all()),
+        # records from before sessions existed measured at cell time
+        "latency_source": ", ".join(sorted(set(seeds["latency_source"].fillna("cell")))),
+        "target_ms": seeds["target_ms"].mean(),
+        "budget_met": pd.NA
+        if seeds["budget_met"].isna().all()
+        else bool(seeds["budget_met"].all()),
+        **{size: seeds[size].astype("Float64").mean() for size in ("params", "macs", "depth")},
     }
     top1 = seeds["top1"].to_numpy(dtype=float)
     latency = seeds["latency_ms_median"].to_numpy(dtype=float)
@@ -512,14 +578,129 @@ def _interval_text(value: float, low: float, high: float, digits: int) -> str:
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def _write_tables(table: pd.DataFrame, stem: Path, title: str) -> list[Path]:
-    shown = display_table(table)
-    paths = [stem.with_suffix(suffix) for suffix in (".csv", ".md", ".tex", ".html")]
-    table.to_csv(paths[0], index=False)
-    paths[1].write_text(f"# {title}\n\n{shown.to_markdown(index=False)}\n")
-    paths[2].write_text(shown.to_latex(index=False, escape=True, caption=title))
-    paths[3].write_text(f"<h1>{html.escape(title)}</h1>\n{shown.to_html(index=False)}\n")
+def _write_profile(
+    records: pd.DataFrame, folder: Path, x: XAxis, log_x: bool, indexed: bool
+) -> list[Path]:
+    """One profile's tables, figures and HTML page (written last, returned last)."""
+    name, profile_hash = records["profile_name"].iloc[0], records["profile_hash"].iloc[0]
+    title = f"{name} (profile {profile_hash})"
+    table, unmeasured = results_table(records), unmeasured_table(records)
+    pairwise = pairwise_table(records)
+    results = _Table(
+        table, _RESULTS_CAPTION.format(profile=name), f"tab:results-{_path_safe(name)}"
+    )
+    written = _write_table(results, folder / "results", title)
+    missing = _Table(unmeasured, _UNMEASURED_CAPTION.format(profile=name),
+                     f"tab:unmeasured-{_path_safe(name)}")  # fmt: skip
+    if not unmeasured.empty:
+        written += _write_table(missing, folder / "unmeasured", title)
+    if not pairwise.empty:
+        written += _write_pairwise(pairwise, folder / "pairwise", title)
+    short_title = f"{name} (profile {profile_hash[:12]})"
+    figures = []
+    if not table.empty:
+        figure = accuracy_figure(table, x=x, log_x=log_x, title=short_title)
+        figures.append(save_figure(figure, folder / f"accuracy_vs_{x}"))
+    if table["speedup"].notna().any():
+        figures.append(
+            save_figure(speedup_drop_figure(table, short_title), folder / "speedup_vs_drop")
+        )
+    written += [path for paths in figures for path in paths]
+    page = folder / "report.html"
+    page.write_text(_html_page(title, results, missing, pairwise, figures, indexed))
+    return [*written, page]
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A table as written for people: the columns that hold one value in every row (model, data
+    set, fidelity, ...) go into the caption instead of repeating in each row."""
+
+    frame: pd.DataFrame
+    caption_text: str
+    label: str
+
+    @property
+    def constant(self) -> list[str]:
+        if self.frame.empty:
+            return []
+        return [c for c in _CONTEXT_COLUMNS
+                if c in self.frame and self.frame[c].nunique(dropna=False) == 1]  # fmt: skip
+
+    @property
+    def shown(self) -> pd.DataFrame:
+        return display_table(self.frame.drop(columns=self.constant))
+
+    @property
+    def caption(self) -> str:
+        if not self.constant:
+            return self.caption_text
+        values = display_table(self.frame[self.constant].iloc[:1]).iloc[0]
+        context = "; ".join(
+            f"{_CAPTION_NAMES[column]} {value}".strip()
+            for column, value in zip(self.constant, values, strict=True)
+        )
+        return f"{self.caption_text} Every row: {context}."
+
+    @property
+    def bold(self) -> pd.Series:
+        """Rows on the global front (none in tables without one)."""
+        if "global_front" in self.frame:
+            return self.frame["global_front"].astype(bool)
+        return pd.Series(False, index=self.frame.index)
+
+
+_RESULTS_CAPTION = (
+    "{profile}: top-1 accuracy and median latency with 95% intervals, speed-up and top-1 drop "
+    "against the original network, and the deployed network's size; bold rows are on the "
+    "global Pareto front."
+)
+_UNMEASURED_CAPTION = "{profile}: cells without measurements (never plotted) and why."
+_CAPTION_NAMES = {
+    "model": "model", "dataset": "data set", "budget_kind": "budget kind",
+    "fidelity": "fidelity", "seeds": "", "seed": "seed(s)", "stable": "stable latency",
+    "status": "status",
+}  # fmt: skip
+
+
+def _write_table(table: _Table, stem: Path, title: str) -> list[Path]:
+    paths = [stem.with_suffix(suffix) for suffix in (".csv", ".md", ".tex")]
+    table.frame.to_csv(paths[0], index=False)
+    paths[1].write_text(f"# {title}\n\n{table.caption}\n\n{table.shown.to_markdown(index=False)}\n")
+    paths[2].write_text(_latex(table))
     return paths
+
+
+def _latex(table: _Table) -> str:
+    """A booktabs table (``\\usepackage{booktabs}``) with caption and label; front rows bold."""
+    shown = table.shown.reset_index(drop=True)
+    bold = table.bold.to_numpy()
+    raw = table.frame.drop(columns=table.constant)
+    alignment = "".join(
+        "r" if pd.api.types.is_numeric_dtype(raw[column]) else "l"
+        for column in raw.columns
+        if not column.endswith(("_ci_low", "_ci_high"))
+    )
+    styler = (
+        shown.style.hide(axis="index")
+        .format(escape="latex")
+        .format_index(escape="latex", axis=1)
+        .apply(lambda row: ["textbf:--rwrap;" if bold[row.name] else "" for _ in row], axis=1)
+    )
+    return styler.to_latex(
+        caption=_latex_escape(table.caption),
+        label=table.label,
+        hrules=True,
+        position_float="centering",
+        column_format=alignment,
+    )
+
+
+def _latex_escape(text: str) -> str:
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+               "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+               "^": r"\textasciicircum{}"}  # fmt: skip
+    return "".join(special.get(character, character) for character in text)
 
 
 def _write_pairwise(pairwise: pd.DataFrame, stem: Path, title: str) -> list[Path]:
@@ -529,93 +710,215 @@ def _write_pairwise(pairwise: pd.DataFrame, stem: Path, title: str) -> list[Path
     wins = display_table(wins_table(pairwise))
     pairs = display_table(pairwise[_PAIRWISE_COLUMNS])
     paths[1].write_text(
-        f"# {title}: methods compared at the same budget\n\n"
-        "Top-1 of B minus top-1 of A on the same test images, with its paired-bootstrap 95% "
-        "interval; significant when the interval excludes 0 (no correction for the number of "
-        "pairs).\n\n"
+        f"# {title}: methods compared at the same budget\n\n{_PAIRWISE_NOTE}\n\n"
         f"## Who beats whom\n\n{wins.to_markdown(index=False)}\n\n"
         f"## Every pair\n\n{pairs.to_markdown(index=False)}\n"
     )
     return paths
 
 
-def _plot_accuracy_vs_latency(table: pd.DataFrame, stem: Path, title: str) -> list[Path]:
-    """Every measured cell, each method's front as a staircase, the global front dashed."""
-    data = table.assign(network=table["model"] + " on " + table["dataset"])
-    methods = sorted(data["method"].unique())
-    palette = dict(zip(methods, sns.color_palette(n_colors=len(methods)), strict=True))
-    grid = sns.relplot(
-        data=data,
-        x="latency_ms_median",
-        y="top1",
-        hue="method",
-        style="method",
-        palette=palette,
-        col="network",
-        kind="scatter",
-        facet_kws={"sharex": False, "sharey": False},
-    )
-    grid.map_dataframe(partial(_draw_intervals_and_fronts, palette=palette))
-    grid.set_titles("{col_name}")
-    grid.set_axis_labels(
-        "median latency (ms)\nbars: 95% intervals; lines: per-method fronts, dashed: global front",
-        "top-1 accuracy (%)",
-    )
-    return _save(grid, stem, title)
+_PAIRWISE_NOTE = (
+    "Top-1 of B minus top-1 of A on the same test images, with its paired-bootstrap 95% "
+    "interval; significant when the interval excludes 0 (no correction for the number of pairs)."
+)
 
 
-def _draw_intervals_and_fronts(data: pd.DataFrame, palette: dict[str, tuple], **_: object) -> None:
-    axes = plt.gca()
-    axes.errorbar(
-        data["latency_ms_median"],
-        data["top1"],
-        xerr=[
-            (data["latency_ms_median"] - data["latency_ms_ci_low"]).fillna(0),
-            (data["latency_ms_ci_high"] - data["latency_ms_median"]).fillna(0),
+def _html_page(
+    title: str,
+    results: _Table,
+    unmeasured: _Table,
+    pairwise: pd.DataFrame,
+    figures: list[list[Path]],
+    indexed: bool,
+) -> str:
+    """One page that needs no other file: the figures are embedded as base64 SVG. Each results
+    row links to its method's unmeasured cells and each unmeasured cell back to its method."""
+    methods = results.frame["method"].tolist()
+    missing = unmeasured.frame["method"].tolist()
+    first_row = {m: i for i, m in reversed(list(enumerate(methods)))}
+    first_missing = {m: i for i, m in reversed(list(enumerate(missing)))}
+
+    def results_row(i: int) -> dict[str, object]:
+        method = methods[i]
+        return {
+            "id": f"method-{_path_safe(method)}" if first_row[method] == i else f"result-{i}",
+            "bold": bool(results.bold.iloc[i]),
+            "link": f"#unmeasured-{first_missing[method]}" if method in first_missing else None,
+        }
+
+    def unmeasured_row(i: int) -> dict[str, object]:
+        method = missing[i]
+        link = f"#method-{_path_safe(method)}" if method in first_row else None
+        return {"id": f"unmeasured-{i}", "bold": False, "link": link}
+
+    return _PAGE.render(
+        title=title,
+        indexed=indexed,
+        results=_html_table(results, results_row),
+        not_measured=[
+            (f"#unmeasured-{i}", f"{row.method} at {row.budget_value:g}", row.status)
+            for i, row in enumerate(unmeasured.frame.itertuples())
         ],
-        yerr=[
-            (data["top1"] - data["top1_ci_low"]).fillna(0),
-            (data["top1_ci_high"] - data["top1"]).fillna(0),
-        ],
-        fmt="none",
-        ecolor="grey",
-        alpha=0.5,
-    )
-    for method, front in data[data["method_front"]].groupby("method"):
-        front = front.sort_values("latency_ms_median")
-        axes.step(front["latency_ms_median"], front["top1"], where="post", color=palette[method])
-    front = data[data["global_front"]].sort_values("latency_ms_median")
-    axes.step(
-        front["latency_ms_median"], front["top1"], where="post", color="black", linestyle="--"
+        unmeasured=_html_table(unmeasured, unmeasured_row) if missing else None,
+        figures=[_html_figure(paths) for paths in figures],
+        pairwise_note=_PAIRWISE_NOTE,
+        wins=display_table(wins_table(pairwise)) if not pairwise.empty else None,
+        pairs=display_table(pairwise[_PAIRWISE_COLUMNS]) if not pairwise.empty else None,
     )
 
 
-def _plot_speedup_vs_drop(table: pd.DataFrame, stem: Path, title: str) -> list[Path]:
-    data = table[table["speedup"].notna()].assign(
-        network=table["model"] + " on " + table["dataset"]
-    )
-    grid = sns.relplot(
-        data=data,
-        x="speedup",
-        y="accuracy_drop_pp",
-        hue="method",
-        style="method",
-        col="network",
-        kind="scatter",
-        facet_kws={"sharex": False, "sharey": False},
-    )
-    grid.set_titles("{col_name}")
-    grid.set_axis_labels(f"speed-up vs {BASELINE_METHOD} (x)", "top-1 drop (pp)")
-    return _save(grid, stem, title)
+def _html_table(table: _Table, row: Callable[[int], dict[str, object]]) -> dict[str, object]:
+    shown = table.shown
+    method_column = list(shown.columns).index("method")
+    rows = [row(i) | {"cells": list(values)} for i, values in enumerate(shown.itertuples(False))]
+    return {"caption": table.caption, "columns": list(shown.columns), "rows": rows,
+            "link_column": method_column}  # fmt: skip
 
 
-def _save(grid: sns.FacetGrid, stem: Path, title: str) -> list[Path]:
-    grid.figure.suptitle(title, y=1.04)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for path in paths:
-        grid.figure.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(grid.figure)
-    return paths
+def _html_figure(paths: list[Path]) -> dict[str, object]:
+    svg = next(path for path in paths if path.suffix == ".svg")
+    return {
+        "name": svg.stem.replace("_", " "),
+        "data": base64.b64encode(svg.read_bytes()).decode("ascii"),
+        "files": [(path.suffix[1:].upper(), path.name) for path in paths],
+    }
+
+
+def _write_index(out_dir: Path, pages: list[tuple[str, str, Path, int]]) -> Path:
+    index = out_dir / "index.html"
+    index.write_text(
+        _INDEX.render(
+            profiles=[
+                (name, profile_hash, page.relative_to(out_dir).as_posix(), cells)
+                for name, profile_hash, page, cells in pages
+            ]
+        )
+    )
+    return index
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 80em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+caption { caption-side: top; text-align: left; padding-bottom: 0.5em; color: #444; }
+th, td { padding: 0.25em 0.6em; border-bottom: 1px solid #ddd; text-align: right; }
+th { border-bottom: 2px solid #444; }
+td:first-child, th:first-child { text-align: left; }
+tr.front td { font-weight: bold; }
+tr:target td { background: #fff3c4; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; }
+nav a { margin-right: 1em; }
+"""
+_ENVIRONMENT = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
+_TABLE_MACRO = """{% macro table(t) %}
+<table>
+<caption>{{ t.caption }}</caption>
+<thead><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for r in t.rows %}
+<tr id="{{ r.id }}"{% if r.bold %} class="front"{% endif %}>
+{% for v in r.cells %}
+{% if loop.index0 == t.link_column and r.link %}<td><a href="{{ r.link }}">{{ v }}</a></td>
+{% else %}<td>{{ v }}</td>
+{% endif %}
+{% endfor %}
+</tr>
+{% endfor %}
+</tbody>
+</table>
+{% endmacro %}
+{% macro frame(f) %}{{ f.to_html(index=False, border=0) | safe }}{% endmacro %}
+"""
+_PAGE = _ENVIRONMENT.from_string(
+    _TABLE_MACRO
+    + """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ title }}</title>
+<style>"""
+    + _STYLE
+    + """</style>
+</head>
+<body>
+<h1>{{ title }}</h1>
+<nav>
+{% if indexed %}<a href="../index.html">all profiles</a>{% endif %}
+<a href="#results">results</a>
+<a href="#figures">figures</a>
+{% if unmeasured %}<a href="#unmeasured">unmeasured cells</a>{% endif %}
+{% if pairs is not none %}<a href="#pairwise">pairwise comparisons</a>{% endif %}
+</nav>
+<section id="results">
+<h2>Results</h2>
+<p>A method's name links to its unmeasured cells, where it has some.</p>
+{{ table(results) }}
+{% if not_measured %}
+<p>Not measured (never plotted):
+{% for href, text, status in not_measured %}
+<a href="{{ href }}">{{ text }}</a> ({{ status }}){{ "," if not loop.last else "." }}
+{% endfor %}
+</p>
+{% endif %}
+</section>
+<section id="figures">
+<h2>Figures</h2>
+{% for f in figures %}
+<figure>
+<img src="data:image/svg+xml;base64,{{ f.data }}" alt="{{ f.name }}">
+<figcaption>{{ f.name }}:
+{% for kind, file in f.files %}<a href="{{ file }}">{{ kind }}</a> {% endfor %}</figcaption>
+</figure>
+{% endfor %}
+</section>
+{% if unmeasured %}
+<section id="unmeasured">
+<h2>Unmeasured cells</h2>
+<p>A method's name links to its measured cells, where it has some.</p>
+{{ table(unmeasured) }}
+</section>
+{% endif %}
+{% if pairs is not none %}
+<section id="pairwise">
+<h2>Methods compared at the same budget</h2>
+<p>{{ pairwise_note }}</p>
+<h3>Who beats whom</h3>
+{{ frame(wins) }}
+<h3>Every pair</h3>
+{{ frame(pairs) }}
+</section>
+{% endif %}
+</body>
+</html>
+"""
+)
+_INDEX = _ENVIRONMENT.from_string(
+    """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>depthbench report</title>
+<style>"""
+    + _STYLE
+    + """</style>
+</head>
+<body>
+<h1>depthbench report</h1>
+<p>One page per hardware profile: latencies of different profiles are never compared.</p>
+<table>
+<thead><tr><th>profile</th><th>hash</th><th>measured cells</th></tr></thead>
+<tbody>
+{% for name, profile_hash, href, cells in profiles %}
+<tr><td><a href="{{ href }}">{{ name }}</a></td><td>{{ profile_hash }}</td><td>{{ cells }}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+</body>
+</html>
+"""
+)
 
 
 def _path_safe(name: str) -> str:

@@ -6,6 +6,12 @@ Layout under the results root::
     <run_id>/records.parquet          every cell of the run as one table (rebuilt by consolidate)
     <run_id>/manifest.json            the configurations that wrote the run, counts, code versions
     <run_id>/claims/<cell_hash>.json  a cell some process is computing now (its pid and host)
+    <run_id>/baselines/<profile_hash>.json   the base network's latency (``suite.run.baseline``)
+    <run_id>/deploy/<cell_hash>.onnx         each ok cell's deploy network (``suite.run.session``)
+    <run_id>/sessions/<profile_hash>.json    the interleaved final measurement of a profile's cells
+
+Consolidation takes a cell's final latency from its profile's session where there is one (the
+cell-time measurement stays in ``cell_latency_ms_*``; ``latency_source`` says which one it is).
 
 A cell file appears atomically and only if none is there, so an interrupted run resumes by skipping
 cells that exist, and several processes can write one run at once without losing or clobbering
@@ -48,6 +54,7 @@ from suite.core.budget import Budget
 from suite.errors import DepthbenchError
 from suite.files import atomic_write
 from suite.provenance import code_version
+from suite.run.session import with_session_latency
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # safe as one path component
 
@@ -74,6 +81,14 @@ class CellRecord(BaseModel):
     status: Literal["ok", "infeasible", "failed"]
     reason: str | None = None
     fidelity: str
+    base_latency_ms: float | None = Field(
+        None,
+        description="the run's full-protocol latency of the base network under this profile, "
+        "that a fraction budget refers to",
+    )
+    target_ms: float | None = Field(
+        None, description="the budget resolved to ms before the cell ran; none for table units"
+    )
     latency_ms_median: float | None = None
     latency_ms_mean: float | None = None
     latency_ms_p90: float | None = None
@@ -247,7 +262,7 @@ class ResultsStore:
         """
         run_dir = self._cells_dir(run_id).parent
         with _disk_errors(run_dir), FileLock(run_dir / ".consolidate.lock"):
-            frame = self.records(run_id)
+            frame = with_session_latency(self.records(run_id), run_dir)
             manifest_path = run_dir / "manifest.json"
             run_configs = (
                 _read_json(manifest_path).get("run_configs", []) if manifest_path.exists() else []
@@ -260,6 +275,7 @@ class ResultsStore:
                 "cells": len(frame),
                 "cells_by_status": _counts(frame["status"]),
                 "cells_by_method": _counts(frame["method"]),
+                "cells_by_latency_source": _counts(frame["latency_source"]),
                 "record_code_versions": sorted(frame["code_version"].unique()),
                 "consolidated_by": code_version(),
                 "consolidated_at": datetime.now(UTC).isoformat(),

@@ -1,7 +1,7 @@
 """ONNX Runtime on CPU: the embedded default backend.
 
 Threads, affinity, spinning and graph optimisation level come from the profile (and so are in its
-hash); the execution mode is sequential, which is what a chain of convs wants (harness-notes §1.6).
+hash); the execution mode is sequential, which is what a chain of convs wants (docs/measurement.md, "Backends").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Build: ONNX -> strongly or weakly typed network -> engine, with the profile's workspace pool limit
 and builder optimisation level, and a timing cache persisted on disk. A timing cache is valid only
 for one device, CUDA version, TensorRT version and builder configuration, so that tuple names the
-file (harness-notes §1.1, §1.2).
+file (docs/measurement.md, "Backends").
 
 Precision recipe: fp32 needs nothing. fp16 on TensorRT 10 sets ``BuilderFlag.FP16``; TensorRT 11
 removed that flag and is always strongly typed, so the fp16 must already be in the ONNX graph (the

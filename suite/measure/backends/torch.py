@@ -1,7 +1,7 @@
 """PyTorch eager or ``torch.compile``, on CPU or CUDA.
 
 The thread count is fixed from the profile for the measurement (torch.utils.benchmark does the
-same; harness-notes §1.5). On CUDA each iteration is timed with CUDA events on the current stream,
+same; docs/measurement.md, "Backends"). On CUDA each iteration is timed with CUDA events on the current stream,
 so the number is GPU time, not host time.
 """
 

@@ -5,7 +5,7 @@ maps onto trtexec's own flags (``--warmUp`` in ms, ``--iterations`` and ``--dura
 rule); the per-iteration GPU compute times come from ``--exportTimes`` (a JSON trace that still
 holds the warm-up queries, which trtexec tells apart by their start time, and so do we). The printed
 summary is parsed too, and trtexec's own diagnostics (enqueue-bound, transfer-bound, unstable) are
-passed on as warnings (harness-notes §1.1).
+passed on as warnings (docs/measurement.md, "Backends").
 """
 
 from __future__ import annotations
