@@ -176,7 +176,7 @@ def layerwise_rebirth(
 def plan_deeprebirth(ctx: PlanContext, budget: Budget, config: DeepRebirthConfig) -> MethodResult:
     """Operations → greedy by measured saving → layer-wise rebirth of the chosen plan."""
     chain = ctx.chain
-    base = ctx.base_latency_ms()
+    base = ctx.measure_plan(rebirth_plan(chain, ())).median_ms  # screened like the operations
     saving = {
         op: base - ctx.measure_plan(rebirth_plan(chain, (op,))).median_ms
         for op in operations(chain)

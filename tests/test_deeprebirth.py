@@ -68,7 +68,14 @@ def context(traced, data, fidelity="full") -> PlanContext:
         return SimpleNamespace(median_ms=BASE_MS - sum(saving[r] for r in deploy.plan.replaced))
 
     return PlanContext(
-        traced, read_profile(PROFILE), data, RECIPE, cost_model, tables=None, fidelity=fidelity
+        traced,
+        read_profile(PROFILE),
+        data,
+        RECIPE,
+        cost_model,
+        tables=None,
+        base_latency=lambda: BASE_MS,
+        fidelity=fidelity,
     )
 
 
