@@ -16,20 +16,29 @@ The algorithm box, as ``plan_deeprebirth`` runs it:
                    rate on the new layer, and go on from the weights it reached
     returns the plan and the network of step 3, which the shared recipe then fine-tunes
 
+Schedule (``schedule``): under ``compute-matched`` (the default) the layer-wise steps come out of
+the shared recipe's: each new layer trains for ``layerwise_epochs``, but all of them together for
+at most ``layerwise_share`` of the recipe's steps, and the shared fine-tune runs the rest
+(``meta["finetune_steps_used"]``), so DeepRebirth trains for as many steps as every other method.
+Under ``paper`` the layer-wise stage comes on top of the shared recipe (``meta["search_steps"]``).
+
 Faithful: pool absorption (stride multiplied, channels kept), new layers from a random
 initialisation with a 10x learning rate, slimming and fine-tuning one layer at a time from the
 bottom up, a residual block replaced whole as the chain's form of branch slimming.
 
-Interpreted (the paper chooses its layers by hand and has no budget; notes §3):
+Interpreted (the paper chooses its layers by hand and has no budget, and no code is public):
 - the operations are ranked once, each by the saving it gives alone on the base network (one
   measurement per operation instead of re-measuring every operation after every step); an
   operation measured as no saving still comes last rather than never, so that one noisy
   measurement does not take it out of reach;
 - an absorbed pool grows the kernel to k' = K + (k_pool - 1) * S (K + k_pool - 1 for VGG's
   stride-1 convs), padding P + p_pool * S, stride S * s_pool, which keeps the receptive field
-  (``suite.core.realize``); the notes' alternative k' = K is not offered;
-- the layer-wise fine-tune length is not given by our sources: ``layerwise_epochs`` (1 by
-  default) per new layer, with the shared recipe's optimiser settings;
+  (``suite.core.realize``); the alternative k' = K is not offered;
+- the layer-wise fine-tune length is not given in the paper: ``layerwise_epochs`` (1 by
+  default) per new layer, with the shared recipe's optimiser settings and a fresh cosine schedule
+  from the recipe's lr for each new layer; compute-matched caps the stage at ``layerwise_share``
+  (a quarter by default) of the recipe's steps, split evenly over the new layers (a recipe too
+  short to give each new layer a step leaves them to the shared fine-tune);
 - MobileNetV2 has no pools, so only its 17 blocks can be replaced (each by one new linear conv,
   as the block ends linearly): few budget points, and no steps are invented to add more. The
   replacement of a ResNet block keeps the post-addition ReLU after the new conv.
@@ -38,6 +47,8 @@ Interpreted (the paper chooses its layers by hand and has no budget; notes §3):
 from __future__ import annotations
 
 import functools
+import math
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,7 +59,7 @@ from suite.core.method import MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan, Replacement
 from suite.core.realize import TrainableNetwork, trainable_network
 from suite.core.registry import applies_where, register_method
-from suite.run.train import FinetuneRecipe, finetune
+from suite.run.train import finetune, finetune_steps
 
 PAPER = "Li, Wang, Kong, AAAI 2018: DeepRebirth: Accelerating DNN Execution on Mobile Devices"
 SMOKE_LAYERWISE_STEPS = 2
@@ -59,8 +70,20 @@ UNSUPPORTED = "it has no pool to absorb, no block and no pair of adjacent convs 
 class DeepRebirthConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    schedule: Literal["compute-matched", "paper"] = Field(
+        "compute-matched",
+        description="compute-matched: the layer-wise stage comes out of the shared recipe's steps; "
+        "paper: on top of them",
+    )
     layerwise_epochs: float = Field(
-        1.0, gt=0, description="training per new layer (unspecified upstream; notes §3)"
+        1.0, gt=0, description="training per new layer (not given in the paper)"
+    )
+    layerwise_share: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="compute-matched: the largest share of the recipe's steps the layer-wise stage "
+        "takes from the shared fine-tune",
     )
     new_layer_lr_scale: float = Field(10.0, gt=0, description="learning-rate factor of a new layer")
 
@@ -77,6 +100,11 @@ def operations(chain: Chain) -> list[Replacement]:
         Replacement(p - 1, p + 1) for p in range(1, chain.L) if chain.is_valid_segment(p - 1, p + 1)
     ]
     return absorptions + pairs
+
+
+def rank(saving: dict[Replacement, float]) -> list[Replacement]:
+    """Step 2's order: the largest measured saving first (ties: chain order)."""
+    return sorted(saving, key=lambda op: -saving[op])
 
 
 def join(replaced: tuple[Replacement, ...], operation: Replacement) -> tuple[Replacement, ...]:
@@ -101,10 +129,26 @@ def rebirth_plan(chain: Chain, replaced: tuple[Replacement, ...]) -> Plan:
     )
 
 
-def layerwise_rebirth(ctx: PlanContext, plan: Plan, config: DeepRebirthConfig) -> TrainableNetwork:
-    """Step 3: add the plan's new layers bottom to top, training the network after each."""
-    recipe = _layerwise_recipe(ctx, config)
-    teacher = ctx.traced.model if recipe.kd_weight > 0 else None
+def layerwise_steps(ctx: PlanContext, config: DeepRebirthConfig, layers: int) -> int:
+    """Step 3's optimiser steps per new layer, under the configured schedule."""
+    if ctx.fidelity == "smoke":
+        per_layer = SMOKE_LAYERWISE_STEPS
+    else:
+        per_epoch = ctx.recipe.model_copy(update={"epochs": config.layerwise_epochs, "steps": None})
+        per_layer = finetune_steps(per_epoch, ctx.data.train)
+    if config.schedule == "paper":
+        return per_layer
+    share = math.floor(config.layerwise_share * finetune_steps(ctx.recipe, ctx.data.train))
+    return min(per_layer, share // layers)
+
+
+def layerwise_rebirth(
+    ctx: PlanContext, plan: Plan, steps: int, lr_scale: float
+) -> TrainableNetwork:
+    """Step 3: add the plan's new layers bottom to top, training the network for ``steps`` after
+    each, the new layer's learning rate scaled by ``lr_scale``."""
+    recipe = ctx.recipe.model_copy(update={"epochs": None, "steps": steps}) if steps else None
+    teacher = ctx.traced.model if ctx.recipe.kd_weight > 0 else None
     network = None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed)  # the new layers' random initialisation
@@ -114,17 +158,13 @@ def layerwise_rebirth(ctx: PlanContext, plan: Plan, config: DeepRebirthConfig) -
                 wanted = step.state_dict().keys()
                 reached = {k: v for k, v in network.state_dict().items() if k in wanted}
                 step.load_state_dict(reached, strict=False)  # only the new layer starts afresh
-            new_layer = step.replacement((new.start, new.end))
-            scale = {parameter: config.new_layer_lr_scale for parameter in new_layer.parameters()}
-            network = finetune(step, ctx.data, recipe, teacher=teacher, lr_scale=scale)
+            network = step
+            if recipe is not None:
+                new_layer = network.replacement((new.start, new.end))
+                scale = {parameter: lr_scale for parameter in new_layer.parameters()}
+                finetune(network, ctx.data, recipe, teacher=teacher, lr_scale=scale)
             ctx.report("deeprebirth layer-wise", done, len(plan.replaced))
     return network
-
-
-def _layerwise_recipe(ctx: PlanContext, config: DeepRebirthConfig) -> FinetuneRecipe:
-    if ctx.fidelity == "smoke":
-        return ctx.recipe.model_copy(update={"epochs": None, "steps": SMOKE_LAYERWISE_STEPS})
-    return ctx.recipe.model_copy(update={"epochs": config.layerwise_epochs, "steps": None})
 
 
 @register_method(
@@ -136,17 +176,32 @@ def _layerwise_recipe(ctx: PlanContext, config: DeepRebirthConfig) -> FinetuneRe
 def plan_deeprebirth(ctx: PlanContext, budget: Budget, config: DeepRebirthConfig) -> MethodResult:
     """Operations → greedy by measured saving → layer-wise rebirth of the chosen plan."""
     chain = ctx.chain
-    base = ctx.base_latency_ms()
+    base = ctx.measure_plan(rebirth_plan(chain, ())).median_ms  # screened like the operations
     saving = {
         op: base - ctx.measure_plan(rebirth_plan(chain, (op,))).median_ms
         for op in operations(chain)
     }
-    ranked = sorted(saving, key=lambda op: -saving[op])
-    what = f"deeprebirth, applying up to all {len(ranked)} operations"
-    plan, _ = walk_ranking(
-        ranked, lambda ops: rebirth_plan(chain, functools.reduce(join, ops, ())), ctx, budget, what
+    what = f"deeprebirth, applying up to all {len(saving)} operations"
+    plan, applied = walk_ranking(
+        rank(saving),
+        lambda ops: rebirth_plan(chain, functools.reduce(join, ops, ())),
+        ctx,
+        budget,
+        what,
     )
-    meta = {"savings_ms": [[op.start, op.end, op.absorb_pool, ms] for op, ms in saving.items()]}
+    steps = layerwise_steps(ctx, config, len(plan.replaced)) if plan.replaced else 0
+    layerwise = steps * len(plan.replaced)
+    extra = layerwise if config.schedule == "paper" else 0
+    meta = {
+        "savings_ms": [[op.start, op.end, op.absorb_pool, ms] for op, ms in saving.items()],
+        "applied": [[op.start, op.end, op.absorb_pool] for op in applied],  # in the order applied
+        "schedule": config.schedule,
+        "layerwise_steps": layerwise,
+        "finetune_steps_used": layerwise - extra,
+        "search_steps": extra,
+        "search_images": extra * ctx.recipe.batch_size,
+    }
     if not plan.replaced:
         return MethodResult(plan, meta=meta)
-    return MethodResult(plan, trainable=layerwise_rebirth(ctx, plan, config), meta=meta)
+    network = layerwise_rebirth(ctx, plan, steps, config.new_layer_lr_scale)
+    return MethodResult(plan, trainable=network, meta=meta)

@@ -186,7 +186,7 @@ def test_layerprune_candidates_are_the_shape_preserving_blocks(contexts):
     # every BasicBlock but the first of stages 2-4, whose projection changes the shape (LayerPrune's shape rule)
     assert resnet == [(2, 3), (4, 5), (8, 9), (12, 13), (16, 17)]
     assert len(mobilenet) == 10 and all(len(c.units) == 3 and len(c.gated) == 2 for c in mobilenet)
-    assert vgg == [(7,)]  # the only 512->512 conv at 32 px with no pool after it
+    assert vgg == [(4,), (6,), (7,), (8,)]  # C_in = C_out, a pool after 4, 6 and 8 kept
 
 
 def test_layerprune_taylor_gate_is_the_squared_gate_gradient(contexts):
@@ -320,9 +320,8 @@ def test_deeprebirth_overlapping_operations_join_into_one_new_conv():
 def test_deeprebirth_rebirth_trains_the_network_with_its_new_layers(contexts):
     ctx = contexts("resnet18")
     plan = rebirth_plan(ctx.chain, (Replacement(0, 1, True), Replacement(1, 3)))
-    config = get_method("deeprebirth").make_config(CONFIGS["deeprebirth"])
 
-    network = layerwise_rebirth(ctx, plan, config)
+    network = layerwise_rebirth(ctx, plan, steps=1, lr_scale=10.0)
 
     assert network.plan == plan and len(network.replacements) == 2
     assert network.replacement((0, 1)) is not None and network.replacement((1, 3)) is not None

@@ -194,5 +194,16 @@ class Chain:
             convs[0].in_channels, convs[-1].out_channels, kernel, stride, padding, groups
         )
 
+    def keeps_shape(self, position: int) -> bool:
+        """Whether unit ``position``'s conv maps its input's shape to itself (C_in = C_out,
+        stride 1, "same" padding), judged before any pool at ``position``: replacing it by the
+        identity, the pool kept, leaves every feature shape as it was."""
+        conv = self.unit(position).conv
+        return (
+            conv.in_channels == conv.out_channels
+            and conv.stride == 1
+            and 2 * conv.padding == conv.kernel - 1
+        )
+
     def residual_into(self, target: int) -> Residual | None:
         return next((r for r in self.residuals if r.target == target), None)

@@ -184,19 +184,18 @@ def _check_deleted(deleted: frozenset[int], groups: list[tuple[int, int]], chain
         for p in deleted & set(range(i + 1, j + 1))
     }
     for p in sorted(pruned):
-        if chain.shapes[p - 1] != chain.shapes[p]:
+        if not chain.keeps_shape(p):
             raise DepthbenchError(
                 f"plan: pruning unit {p} (deleted inside a kept merge group) changes the feature "
-                f"shape {chain.shapes[p - 1]} -> {chain.shapes[p]}; only shape-preserving convs "
-                "may be pruned"
+                f"shape ({_conv_shape(chain, p)}); only shape-preserving convs may be pruned"
             )
     for p in sorted(deleted - pruned):
         block = next((r for r in chain.residuals if r.source < p <= r.target), None)
         if block is None:
-            if chain.shapes[p - 1] != chain.shapes[p]:
+            if not chain.keeps_shape(p):
                 raise DepthbenchError(
-                    f"plan: deleting unit {p} changes the feature shape {chain.shapes[p - 1]} -> "
-                    f"{chain.shapes[p]}; only shape-preserving units may be deleted"
+                    f"plan: deleting unit {p} changes the feature shape ({_conv_shape(chain, p)}); "
+                    "only shape-preserving units may be deleted (a pool after one stays)"
                 )
         elif (
             block.projection is not None
@@ -206,3 +205,11 @@ def _check_deleted(deleted: frozenset[int], groups: list[tuple[int, int]], chain
                 f"plan: unit {p} is in the residual block {block.source}->{block.target}; only whole "
                 "blocks with an identity shortcut may be deleted"
             )
+
+
+def _conv_shape(chain: Chain, p: int) -> str:
+    conv = chain.unit(p).conv
+    return (
+        f"its conv maps {conv.in_channels} -> {conv.out_channels} channels, kernel {conv.kernel}, "
+        f"stride {conv.stride}, padding {conv.padding}"
+    )

@@ -15,7 +15,8 @@ e_s - stride * e_t, which is where the merged kernel's skip tap lands (``suite.c
 Pruned units (deleted units inside a group that keeps a unit, LayerMerge) are the identity: they
 leave the border unchanged (e_{p-1} = e_p), the group's padding goes to its first *kept* conv, and
 the maps before that conv carry no border yet; in the deploy network each is an identity 1x1 conv
-(diagonal, so it keeps a depthwise group depthwise), composed like any unit.
+(diagonal, so it keeps a depthwise group depthwise), composed like any unit. A removed group
+(every unit deleted, layer removal) is the identity in both networks; a pool after it stays.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ class TrainableNetwork(nn.Module):
                     x = self._add_skip(y, p, i, features, borders)
                     if p in self.sources and p < j:
                         features[p] = x
-            else:  # deleted units are the identity
+            else:  # deleted units are the identity; a pool after them stays
+                x = self._pool(x, j)
                 features[j] = x
                 continue
             x = self._after(x, j)
@@ -145,6 +147,9 @@ class TrainableNetwork(nn.Module):
     def _after(self, x: torch.Tensor, position: int) -> torch.Tensor:
         if position in self.plan.activations:
             x = self.act(x)
+        return self._pool(x, position)
+
+    def _pool(self, x: torch.Tensor, position: int) -> torch.Tensor:
         if str(position) in self.pools:
             x = self.pools[str(position)](x)
         return x
@@ -176,7 +181,9 @@ class DeployNetwork(nn.Module):
         x = self.stem(images)
         features = {0: x}
         for i, j in self.groups:
-            if _key(i, j) not in self.convs:  # deleted units are the identity
+            if _key(i, j) not in self.convs:  # deleted units are the identity; their pool stays
+                if str(j) in self.pools:
+                    x = self.pools[str(j)](x)
                 features[j] = x
                 continue
             x = self.convs[_key(i, j)](x)

@@ -145,7 +145,7 @@ def run_cell(
     finetune(
         trainable,
         ctx.data,
-        ctx.recipe,
+        remaining_recipe(ctx, result.meta.get("recipe_steps_used", 0)),
         teacher=teacher,
         progress=lambda d, t: ctx.report("fine-tune", d, t),
     )
@@ -203,6 +203,16 @@ def budget_met(
     if budget.kind == "table" or result.meta.get("budget_ignored"):
         return None
     return latency.median_ms <= ctx.target_ms(budget)
+
+
+def remaining_recipe(ctx: PlanContext, used: int) -> FinetuneRecipe:
+    """The shared recipe less the ``used`` steps a method already spent of it on its trainable
+    network (``meta["recipe_steps_used"]``, DeepRebirth's compute-matched layer-wise stage), so
+    that every method trains for the same total number of steps."""
+    if not used:
+        return ctx.recipe
+    steps = finetune_steps(ctx.recipe, ctx.data.train) - used
+    return ctx.recipe.model_copy(update={"epochs": None, "steps": steps})
 
 
 @torch.no_grad()
