@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from suite.cli.app import app
 from suite.core.models import build_model
 from suite.errors import DepthbenchError
+from suite.provenance import config_hash
 from suite.run.config import load_experiment
 from suite.run.data import load_data
 from suite.run.executors import InProcessExecutor
 from suite.run.grid import grid, run_experiment
-from suite.run.store import config_hash
 from suite.run.train import (
     MAX_DEFAULT_WORKERS,
     Compute,
