@@ -19,7 +19,7 @@ The algorithm box, as ``plan_deeprebirth`` runs it:
 Schedule (``schedule``): under ``compute-matched`` (the default) the layer-wise steps come out of
 the shared recipe's: each new layer trains for ``layerwise_epochs``, but all of them together for
 at most ``layerwise_share`` of the recipe's steps, and the shared fine-tune runs the rest
-(``meta["finetune_steps_used"]``), so DeepRebirth trains for as many steps as every other method.
+(``meta["recipe_steps_used"]``), so DeepRebirth trains for as many steps as every other method.
 Under ``paper`` the layer-wise stage comes on top of the shared recipe (``meta["search_steps"]``).
 
 Faithful: pool absorption (stride multiplied, channels kept), new layers from a random
@@ -197,7 +197,7 @@ def plan_deeprebirth(ctx: PlanContext, budget: Budget, config: DeepRebirthConfig
         "applied": [[op.start, op.end, op.absorb_pool] for op in applied],  # in the order applied
         "schedule": config.schedule,
         "layerwise_steps": layerwise,
-        "finetune_steps_used": layerwise - extra,
+        "recipe_steps_used": layerwise - extra,
         "search_steps": extra,
         "search_images": extra * ctx.recipe.batch_size,
     }

@@ -98,6 +98,7 @@ def disagreeing_context(
         recipe=FinetuneRecipe(steps=1),
         screen=timed(screen_ms),
         tables=no_tables,
+        base_latency=lambda: confirm_ms(Plan.original(traced.chain)),  # the full protocol's
         confirm=timed(confirm_ms),
     )
 
@@ -260,6 +261,6 @@ def test_budget_met_compares_the_final_median_with_the_target(traced, profile):
 
     assert verdict(Budget(kind="ms", value=2.0)) is True
     assert verdict(Budget(kind="ms", value=1.99)) is False
-    assert verdict(Budget(kind="fraction", value=0.99)) is False  # of the base screen, 2 ms
+    assert verdict(Budget(kind="fraction", value=0.99)) is False  # of the base network's 2 ms
     assert verdict(Budget(kind="table", value=5.0)) is None
     assert verdict(Budget(kind="fraction", value=1.0), reference) is None

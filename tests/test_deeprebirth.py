@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,11 +23,13 @@ from methods.deeprebirth import DeepRebirthConfig, operations, plan_deeprebirth
 from suite.core.budget import Budget
 from suite.core.method import PlanContext
 from suite.core.trace import trace
+from suite.measure.harness import LatencyResult
 from suite.measure.profiles import read_profile
 from suite.run.cell import run_cell
 from suite.run.data import load_data
 from suite.run.train import FinetuneRecipe
 from tests.conftest import randomize_batchnorm
+from tests.test_budget_confirmation import latency
 
 PROFILE = Path(__file__).parent / "data" / "profiles" / "test-cpu-fast.yaml"
 BASE_MS = 100.0
@@ -64,8 +65,8 @@ def context(traced, data, fidelity="full") -> PlanContext:
     """Planning measures a cost model: the base latency less the saving of each new layer."""
     saving = controlled_savings(traced)
 
-    def cost_model(deploy: nn.Module) -> SimpleNamespace:
-        return SimpleNamespace(median_ms=BASE_MS - sum(saving[r] for r in deploy.plan.replaced))
+    def cost_model(deploy: nn.Module) -> LatencyResult:
+        return latency(BASE_MS - sum(saving[r] for r in deploy.plan.replaced))
 
     return PlanContext(
         traced,
@@ -75,6 +76,7 @@ def context(traced, data, fidelity="full") -> PlanContext:
         cost_model,
         tables=None,
         base_latency=lambda: BASE_MS,
+        confirm=cost_model,  # deterministic: the full protocol agrees with the screen
         fidelity=fidelity,
     )
 

@@ -53,7 +53,12 @@ def replay_context(model: str, profile: str, monkeypatch) -> tuple[SimpleNamespa
         return solve(*arguments)
 
     monkeypatch.setattr(method, "solve", recording_solve)
-    ctx = SimpleNamespace(profile=replay, chain=chain, latency_table=lambda rule: latency)
+    ctx = SimpleNamespace(
+        profile=replay,
+        chain=chain,
+        latency_table=lambda rule: latency,
+        data=SimpleNamespace(train=[]),
+    )
     return ctx, calls
 
 

@@ -81,7 +81,9 @@ def context(traced, data, screen=None) -> PlanContext:
     """A planning context whose latencies, where a test needs them, come from ``screen``."""
     recipe = FinetuneRecipe(steps=2, lr=0.01, batch_size=32)
     profile = read_profile(PROFILE)
-    return PlanContext(traced, profile, data, recipe, screen, tables=None, base_latency=None)
+    return PlanContext(
+        traced, profile, data, recipe, screen, tables=None, base_latency=None, confirm=screen
+    )
 
 
 # candidates
