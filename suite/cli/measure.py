@@ -30,6 +30,7 @@ from suite.measure.profiles import (
 
 if TYPE_CHECKING:
     from suite.measure.harness import LatencyResult
+    from suite.measure.tables import AdditivityCheck
 
 DEFAULT_PROFILE = "cpu-onnxruntime"
 
@@ -170,11 +171,17 @@ def table_command(
     cache_path: Annotated[
         Path | None, typer.Option("--cache", help="SQLite cache (default: the user cache dir).")
     ] = None,
+    additivity_repeats: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Fresh measurements of the additivity check, for its interval (0: skip it).",
+        ),
+    ] = 3,
 ) -> None:
     """Build (or read from the cache, or replay) a latency table; print it with its additivity."""
     from suite.core.trace import trace_model
-    from suite.measure.harness import measure
-    from suite.measure.tables import TableCache, additivity, build_table, default_cache_path
+    from suite.measure.tables import TableCache, build_table, default_cache_path, measure_additivity
 
     with user_errors():
         profile = load_profile(profile_name)
@@ -197,9 +204,14 @@ def table_command(
                 f"{table.measured} measured, {table.cached} cached, {table.remeasured} corrupt "
                 f"cache rows re-measured, {len(table.unstable)} unstable"
             )
+        overhead = (
+            f", median overhead subtracted {table.overhead_ms:.4g} ms"
+            if table.overhead_ms is not None
+            else ""
+        )
         console.print(
             f"{traced.chain.name} under {profile.name} ({rule} rule): {len(frame)} segments, "
-            f"{source}"
+            f"{source}; table method {table.method}{overhead}"
         )
         console.print(
             f"T(i, j): min {frame.time_ms.min():.4g} ms, median {frame.time_ms.median():.4g} ms, "
@@ -208,12 +220,29 @@ def table_command(
         if profile.is_replay:
             console.print("additivity: not measurable, a replay profile has no device")
             return
-        end_to_end = measure(traced.model, profile, input_shape=(3, size, size))
-        check = additivity(table, traced.chain, end_to_end)
-        console.print(
-            f"additivity: sum of single-unit segments {check.segment_sum_ms:.4g} ms vs end-to-end "
-            f"median {check.end_to_end_ms:.4g} ms: error {check.relative_error:+.1%}"
-        )
+        if additivity_repeats == 0:
+            return
+        with step_progress() as steps:
+            check = measure_additivity(
+                traced,
+                profile,
+                additivity_repeats,
+                progress=lambda done, total: steps("additivity check", done, total),
+            )
+        console.print(_additivity_line(check))
+
+
+def _additivity_line(check: AdditivityCheck) -> str:
+    """The median run of the check, its error's 95% interval and what the prediction sums."""
+    median = check.median_run
+    low, high = check.interval
+    return (
+        f"additivity ({check.method} table, {len(check.runs)} fresh measurements): predicted "
+        f"{median.predicted_ms:.4g} ms (single-unit segments {median.segment_sum_ms:.4g} ms + "
+        f"stem, head and call {median.outside_ms:.4g} ms) vs end-to-end median "
+        f"{median.end_to_end_ms:.4g} ms: error {check.relative_error:+.1%} (95% CI "
+        f"{low:+.1%} .. {high:+.1%})"
+    )
 
 
 def _existing(path: Path) -> Path:

@@ -46,7 +46,12 @@ def report(
     ] = None,
 ) -> None:
     """Write Pareto tables (Markdown, CSV, LaTeX, HTML) and plots (PNG, SVG) of a run."""
-    from suite.run.report import display_table, results_table, write_report
+    from suite.run.report import (
+        display_table,
+        results_table,
+        table_additivity_table,
+        write_report,
+    )
 
     with user_errors():
         records = _load_run(run_dir)
@@ -62,6 +67,15 @@ def report(
                 f"(profile {profile_hash[:12]})"
             )
             console.print(_rich_table(display_table(fronts.drop(columns=constant)), title))
+            additivity = table_additivity_table(profile_records)
+            if not additivity.empty:
+                additivity["relative_error"] = additivity["relative_error"].map("{:+.1%}".format)
+                console.print(
+                    _rich_table(
+                        display_table(additivity),
+                        "Latency tables the plans used: their additivity on the base network",
+                    )
+                )
         console.print(f"wrote {len(written)} files to {out or run_dir / 'report'}")
 
 

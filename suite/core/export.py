@@ -8,7 +8,8 @@ deprecated upstream; its deprecation warning is silenced here because it is a de
 and the day it is removed the switch is ``dynamo=True, external_data=False``.
 
 Latency-table segments are one Conv (+ activation) each; ``write_conv_onnx`` builds that graph with
-``onnx.helper`` in milliseconds, which keeps a cold table build (171 segments) fast.
+``onnx.helper`` in milliseconds, which keeps a cold table build (171 segments) fast;
+``write_identity_onnx`` writes the empty model whose latency is a call's fixed overhead.
 """
 
 from __future__ import annotations
@@ -118,6 +119,21 @@ def write_conv_onnx(
         ],
         initializers,
     )
+    return _save_graph(graph, path)
+
+
+def write_identity_onnx(input_shape: tuple[int, int, int, int], path: Path) -> Path:
+    """Write the model that returns its (float32) input: one call's cost with no compute."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [INPUT_NAME], [OUTPUT_NAME])],
+        "identity",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, list(input_shape))],
+    )
+    return _save_graph(graph, path)
+
+
+def _save_graph(graph: onnx.GraphProto, path: Path) -> Path:
     opset = helper.make_opsetid("", OPSET)
     # The oldest IR version that carries the opset: newer onnx writes IRs older runtimes reject.
     model = helper.make_model(

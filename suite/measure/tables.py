@@ -1,13 +1,28 @@
 """Latency tables T(i, j): the latency of every valid segment's merged conv under a profile.
 
 Each segment (i, j] of a chain merges into one conv (``chain.merged_spec``). Its latency is that
-conv, followed by the chain's activation, measured as a standalone model at its real input shape
-(the feature map at position i, with the profile's batch) under the profile's light
-``table_protocol``. The sum of T over a plan's segments is what the DP method minimises.
+conv, followed by the chain's activation, measured as its own model at its real input shape (the
+feature map at position i, with the profile's batch) under the profile's light ``table_protocol``.
+The sum of T over a plan's segments is what the DP method minimises, so it must predict the
+network: the profile's ``table_method`` says how a segment is measured.
 
-Caching: numbers go into an SQLite file keyed by (profile hash, segment signature). The signature
-is the conv's shape, input shape, batch and activation, nothing about the model, so a segment is
-measured once across models, methods and runs. Every row carries a checksum of its content; a row
+- ``standalone``: the segment model's median latency. Every call of a model also pays the
+  runtime's fixed per-call cost (ONNX Runtime: about 5 us on one CPU thread), which a network
+  pays once but a sum of L standalone segments pays L times. Right where that cost is negligible
+  (TensorRT at batch 128).
+- ``overhead-subtracted``: the segment's median minus the median of an identity model at the same
+  input, measured just before it (so both see the same machine load), floored at 0. At batch 1 on
+  a CPU, where one small conv costs about as much as the call around it, only this makes the sum
+  predict the network (docs/measurement.md gives the measured additivity of both). It was chosen
+  over the slope of latency against N copies of the segment in one graph, which agreed with it
+  within 3% at twice the measurements.
+
+Caching: numbers go into an SQLite file keyed by (profile hash, segment key). The key is the
+segment's signature (the conv's shape, input shape, batch and activation, nothing about the model)
+together with the table method (``cache_key``; a standalone key is the bare signature, as in caches
+written before table methods existed), so a segment is measured once across models, methods and
+runs, and numbers of two table methods never mix. Overhead-subtracted rows also store the
+subtracted overhead. Every row carries a checksum of its content; a row
 that fails it is reported (a warning naming the row), measured again and replaced. A cache file
 that is not an SQLite database at all is moved aside (``<name>.corrupt-<time>``, with a warning
 naming both paths) and a new cache is started, so a damaged cache costs measurements, never
@@ -17,9 +32,12 @@ Replay profiles answer from an upstream table instead of measuring, after checki
 table's rows are exactly the chain's valid segments and that the chain is the network the table
 was measured on (``replay.model`` at ``replay.width``; the profile fixes resolution and batch).
 
-Additivity: the sum of the single-unit segments T(p-1, p) against the original network's measured
-end-to-end latency. Tables assume it; ``additivity`` measures how far it holds (the difference
-also includes the stem and the classifier head, which no segment covers).
+Additivity: the table's prediction of the original network, the sum of its single-unit segments
+T(p-1, p) plus what no segment covers (the stem and the classifier head, measured with the same
+method, and for ``overhead-subtracted`` one call's overhead: ``outside_chain_ms``), against the
+network's measured end-to-end latency. Tables assume it; ``additivity`` measures how far it holds
+for one table, ``measure_additivity`` repeats the whole check with fresh measurements to give the
+error an interval. Residual additions are not covered: they remain in the difference.
 """
 
 from __future__ import annotations
@@ -36,17 +54,24 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import pandas as pd
 from torch import nn
 
 from suite.core.chain import MERGE_RULES, Chain, ConvSpec, MergeRule
-from suite.core.export import write_conv_onnx
-from suite.core.trace import model_label
+from suite.core.export import write_conv_onnx, write_identity_onnx
+from suite.core.trace import TracedModel, model_label
 from suite.errors import DepthbenchError
 from suite.measure.backends import get_backend
-from suite.measure.harness import LatencyResult, UnstableMeasurementWarning, measure
-from suite.measure.profiles import REFERENCE_DIR, Profile
+from suite.measure.harness import (
+    LatencyResult,
+    UnstableMeasurementWarning,
+    measure,
+    session_interval,
+)
+from suite.measure.profiles import REFERENCE_DIR, Profile, TableMethod
 
 Segment = tuple[int, int]
 Progress = Callable[[int, int], None]
@@ -92,12 +117,26 @@ def segment_signature(chain: Chain, i: int, j: int, batch: int) -> SegmentSignat
     )
 
 
+def cache_key(signature: SegmentSignature, method: TableMethod) -> str:
+    """The cache row key of a segment measured with ``method``.
+
+    A standalone key is the bare signature, so caches written before table methods existed keep
+    serving standalone tables; any other method's key names the method.
+    """
+    if method == "standalone":
+        return signature.key
+    return json.dumps({"segment": json.loads(signature.key), "table_method": method})
+
+
 @dataclass(frozen=True)
 class SegmentLatency:
+    """A segment's latency in ms; ``overhead_ms`` is what was subtracted (None: standalone)."""
+
     median_ms: float
     cov: float
     n: int
     stable: bool
+    overhead_ms: float | None = None
 
 
 def default_cache_path() -> Path:
@@ -118,8 +157,11 @@ class TableCache:
                 "CREATE TABLE IF NOT EXISTS segment_latency ("
                 " profile_hash TEXT NOT NULL, signature TEXT NOT NULL,"
                 " median_ms REAL, cov REAL, n INTEGER, stable INTEGER, measured_at TEXT,"
-                " checksum TEXT, PRIMARY KEY (profile_hash, signature))"
+                " checksum TEXT, overhead_ms REAL, PRIMARY KEY (profile_hash, signature))"
             )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(segment_latency)")}
+            if "overhead_ms" not in columns:  # a cache written before table methods existed
+                db.execute("ALTER TABLE segment_latency ADD COLUMN overhead_ms REAL")
 
     def read(
         self, profile_hash: str, keys: list[str]
@@ -127,37 +169,41 @@ class TableCache:
         """The intact cached latencies among ``keys``, and the keys whose rows are corrupt."""
         with self._database() as db:
             rows = db.execute(
-                "SELECT signature, median_ms, cov, n, stable, measured_at, checksum"
+                "SELECT signature, median_ms, cov, n, stable, measured_at, checksum, overhead_ms"
                 " FROM segment_latency WHERE profile_hash = ?",
                 (profile_hash,),
             ).fetchall()
         wanted = set(keys)
         found, corrupt = {}, []
-        for signature, median_ms, cov, n, stable, measured_at, checksum in rows:
+        for signature, median_ms, cov, n, stable, measured_at, checksum, overhead_ms in rows:
             if signature not in wanted:
                 continue
-            content = (profile_hash, signature, median_ms, cov, n, stable, measured_at)
+            content = _row_content(
+                profile_hash, signature, median_ms, cov, n, stable, measured_at, overhead_ms
+            )
             if checksum != _checksum(*content):
                 corrupt.append(signature)
                 continue
-            found[signature] = SegmentLatency(median_ms, cov, n, bool(stable))
+            found[signature] = SegmentLatency(median_ms, cov, n, bool(stable), overhead_ms)
         return found, corrupt
 
     def write(self, profile_hash: str, key: str, latency: SegmentLatency) -> None:
-        measured_at = datetime.now(UTC).isoformat()
-        content = (
+        content = _row_content(
             profile_hash,
             key,
             latency.median_ms,
             latency.cov,
             latency.n,
             int(latency.stable),
-            measured_at,
+            datetime.now(UTC).isoformat(),
+            latency.overhead_ms,
         )
         with self._database() as db:
             db.execute(
-                "INSERT OR REPLACE INTO segment_latency VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (*content, _checksum(*content)),
+                "INSERT OR REPLACE INTO segment_latency (profile_hash, signature, median_ms, cov,"
+                " n, stable, measured_at, overhead_ms, checksum)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*content[:7], latency.overhead_ms, _checksum(*content)),
             )
 
     def _move_aside_if_foreign(self) -> None:
@@ -198,13 +244,24 @@ class TableCache:
 _SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database
 
 
+def _row_content(*fields: object) -> tuple[object, ...]:
+    """A row's checksummed content; a standalone row (overhead None, the last field) leaves the
+    overhead out, so rows written before the overhead column existed still pass."""
+    *content, overhead_ms = fields
+    return tuple(content) if overhead_ms is None else (*content, overhead_ms)
+
+
 def _checksum(*content: object) -> str:
     return hashlib.sha256(json.dumps(content).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class LatencyTable:
-    """T(i, j) in ms for every valid segment of one chain under one profile."""
+    """T(i, j) in ms for every valid segment of one chain under one profile.
+
+    ``method`` is the profile's table method (``replay`` for a replayed table); ``overhead_ms``
+    the median overhead subtracted from its segments (None unless ``overhead-subtracted``).
+    """
 
     chain_name: str
     profile_name: str
@@ -216,6 +273,8 @@ class LatencyTable:
     cached: int = 0
     remeasured: int = 0
     replayed: bool = False
+    method: TableMethod | Literal["replay"] = "standalone"
+    overhead_ms: float | None = None
 
     def __getitem__(self, segment: Segment) -> float:
         if segment not in self.latency_ms:
@@ -258,8 +317,10 @@ def build_table(
             progress(len(segments), len(segments))
         return table
     get_backend(profile.backend).check_available(profile)
+    method = profile.table_method
     signatures = {s: segment_signature(chain, *s, profile.batch) for s in segments}
-    distinct = {sig.key: sig for sig in signatures.values()}
+    distinct = {cache_key(sig, method): sig for sig in signatures.values()}
+    keys = {s: cache_key(sig, method) for s, sig in signatures.items()}
     found, corrupt = cache.read(profile.hash, list(distinct)) if cache else ({}, [])
     for key in corrupt:
         warnings.warn(
@@ -279,7 +340,7 @@ def build_table(
                 cache.write(profile.hash, key, found[key])
     if progress:
         progress(len(distinct), len(distinct))
-    unstable = tuple(s for s, sig in signatures.items() if not found[sig.key].stable)
+    unstable = tuple(s for s, key in keys.items() if not found[key].stable)
     if unstable:
         warnings.warn(
             f"{len(unstable)} of {len(segments)} segments of {chain.name} stayed above the "
@@ -292,18 +353,25 @@ def build_table(
         profile_name=profile.name,
         profile_hash=profile.hash,
         rule=rule,
-        latency_ms={s: found[sig.key].median_ms for s, sig in signatures.items()},
+        latency_ms={s: found[key].median_ms for s, key in keys.items()},
         unstable=unstable,
         measured=len(missing),
         cached=cached,
         remeasured=len(corrupt),
+        method=method,
+        overhead_ms=_median_overhead([found[key] for key in distinct]),
     )
+
+
+def _median_overhead(latencies: list[SegmentLatency]) -> float | None:
+    overheads = [latency.overhead_ms for latency in latencies if latency.overhead_ms is not None]
+    return float(np.median(overheads)) if overheads else None
 
 
 def _measure_segment(
     signature: SegmentSignature, profile: Profile, workdir: Path
 ) -> SegmentLatency:
-    """One merged conv + activation as a standalone model, under the table protocol."""
+    """One merged conv + activation as its own model, under the table protocol and method."""
     if get_backend(profile.backend).model_kind == "onnx":
         shape = (signature.batch, *signature.input_shape)
         model = write_conv_onnx(
@@ -311,11 +379,51 @@ def _measure_segment(
         )
     else:
         model = conv_module(signature.conv, signature.activation)
+    return _measure_part(model, signature.input_shape, profile, workdir)
+
+
+def _measure_part(
+    model: nn.Module | Path, input_shape: tuple[int, int, int], profile: Profile, workdir: Path
+) -> SegmentLatency:
+    """A model's latency under the table protocol and method (for ``overhead-subtracted`` the
+    identity model is measured first, so both see the same machine load)."""
+    overhead = None
+    if profile.table_method == "overhead-subtracted":
+        identity = _identity_model(input_shape, profile, workdir)
+        overhead = _table_measure(identity, input_shape, profile)
+    return net_latency(_table_measure(model, input_shape, profile), overhead)
+
+
+def net_latency(result: LatencyResult, overhead: LatencyResult | None) -> SegmentLatency:
+    """A model's median less the identity model's (``overhead``; None: standalone)."""
+    if overhead is None:
+        return SegmentLatency(result.median_ms, result.cov, result.n, result.stable)
+    return SegmentLatency(
+        # a segment cheaper than the noise of the overhead would come out negative: it costs ~0
+        median_ms=max(result.median_ms - overhead.median_ms, 0.0),
+        cov=result.cov,
+        n=result.n,
+        stable=result.stable and overhead.stable,
+        overhead_ms=overhead.median_ms,
+    )
+
+
+def _table_measure(
+    model: nn.Module | Path, input_shape: tuple[int, int, int], profile: Profile
+) -> LatencyResult:
     with warnings.catch_warnings():
         # the table reports unstable segments together, not one warning each
         warnings.simplefilter("ignore", UnstableMeasurementWarning)
-        result = measure(model, profile, signature.input_shape, protocol=profile.table_protocol)
-    return SegmentLatency(result.median_ms, result.cov, result.n, result.stable)
+        return measure(model, profile, input_shape, protocol=profile.table_protocol)
+
+
+def _identity_model(
+    input_shape: tuple[int, int, int], profile: Profile, workdir: Path
+) -> nn.Module | Path:
+    """The model that computes nothing: its latency is one call's overhead at this input."""
+    if get_backend(profile.backend).model_kind == "onnx":
+        return write_identity_onnx((profile.batch, *input_shape), workdir / "identity.onnx")
+    return nn.Identity()
 
 
 def conv_module(spec: ConvSpec, activation: str | None) -> nn.Module:
@@ -367,23 +475,33 @@ def _replay(
         rule=rule,
         latency_ms={s: rows[s] for s in segments},
         replayed=True,
+        method="replay",
     )
 
 
 @dataclass(frozen=True)
 class Additivity:
-    """Sum of the single-unit segments T(p-1, p) against the network's end-to-end latency."""
+    """A table's prediction of the original network against its end-to-end latency: the
+    single-unit segments T(p-1, p) plus the parts outside the chain (``outside_chain_ms``)."""
 
     segment_sum_ms: float
     end_to_end_ms: float
+    outside_ms: float = 0.0
+
+    @property
+    def predicted_ms(self) -> float:
+        return self.segment_sum_ms + self.outside_ms
 
     @property
     def relative_error(self) -> float:
-        return (self.segment_sum_ms - self.end_to_end_ms) / self.end_to_end_ms
+        return (self.predicted_ms - self.end_to_end_ms) / self.end_to_end_ms
 
 
-def additivity(table: LatencyTable, chain: Chain, end_to_end: LatencyResult) -> Additivity:
-    """How well T adds up: the network's units, one segment each, vs its measured median."""
+def additivity(
+    table: LatencyTable, chain: Chain, end_to_end: LatencyResult, outside_ms: float = 0.0
+) -> Additivity:
+    """How well T adds up: the network's units, one segment each, plus ``outside_ms``, vs its
+    measured median."""
     if table.chain_name != chain.name:
         raise DepthbenchError(f"the table is for chain {table.chain_name!r}, not {chain.name!r}")
     if table.profile_hash != end_to_end.profile_hash:
@@ -392,4 +510,79 @@ def additivity(table: LatencyTable, chain: Chain, end_to_end: LatencyResult) -> 
             f"under {end_to_end.profile_hash}; measure both under the same profile"
         )
     total = math.fsum(table[(p - 1, p)] for p in range(1, chain.L + 1))
-    return Additivity(segment_sum_ms=total, end_to_end_ms=end_to_end.median_ms)
+    return Additivity(
+        segment_sum_ms=total, end_to_end_ms=end_to_end.median_ms, outside_ms=outside_ms
+    )
+
+
+def outside_chain_ms(traced: TracedModel, profile: Profile) -> float:
+    """What the network costs besides its chain's units, measured with the table's method: the
+    stem and the head as models of their own, and for ``overhead-subtracted`` the one call
+    overhead the network pays (at the image input)."""
+    chain = traced.chain
+    image = (3, chain.resolution, chain.resolution)
+    with tempfile.TemporaryDirectory(prefix="depthbench-outside-") as workdir:
+        stem = _measure_part(traced.stem, image, profile, Path(workdir))
+        head = _measure_part(traced.head, chain.shapes[-1], profile, Path(workdir))
+    return stem.median_ms + head.median_ms + (stem.overhead_ms or 0.0)
+
+
+@dataclass(frozen=True)
+class AdditivityCheck:
+    """``measure_additivity``'s repeated checks, each from fresh measurements."""
+
+    method: TableMethod
+    runs: tuple[Additivity, ...]
+
+    @property
+    def median_run(self) -> Additivity:
+        """The run with the median error (the lower of the two middle ones for an even count)."""
+        ordered = sorted(self.runs, key=lambda run: run.relative_error)
+        return ordered[(len(ordered) - 1) // 2]
+
+    @property
+    def relative_error(self) -> float:
+        return self.median_run.relative_error
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """95% interval of the error, from the runs' ratios predicted / end-to-end (the harness's
+        ``session_interval``: runs differ by a factor); with one run, that run's error twice."""
+        ratios = [run.predicted_ms / run.end_to_end_ms for run in self.runs]
+        if len(ratios) == 1:
+            return self.runs[0].relative_error, self.runs[0].relative_error
+        low, high = session_interval(ratios)
+        return low - 1, high - 1
+
+
+def measure_additivity(
+    traced: TracedModel, profile: Profile, repeats: int = 3, progress: Progress | None = None
+) -> AdditivityCheck:
+    """Measure the original network's single-unit segments, its outside parts and its end-to-end
+    latency ``repeats`` times afresh (no cache), under the profile's table method."""
+    if profile.is_replay:
+        raise DepthbenchError(
+            f"profile {profile.name!r} replays a table and measures nothing, so its additivity "
+            "cannot be measured; use a measuring profile"
+        )
+    if repeats < 1:
+        raise DepthbenchError(f"additivity needs at least 1 repeat, got {repeats}")
+    chain = traced.chain
+    image = (3, chain.resolution, chain.resolution)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="depthbench-additivity-") as workdir:
+        for repeat in range(repeats):
+            if progress:
+                progress(repeat, repeats)
+            units = [
+                _measure_segment(
+                    segment_signature(chain, p - 1, p, profile.batch), profile, Path(workdir)
+                ).median_ms
+                for p in range(1, chain.L + 1)
+            ]
+            outside = outside_chain_ms(traced, profile)
+            end_to_end = measure(traced.model, profile, input_shape=image)
+            runs.append(Additivity(math.fsum(units), end_to_end.median_ms, outside))
+    if progress:
+        progress(repeats, repeats)
+    return AdditivityCheck(profile.table_method, tuple(runs))

@@ -11,6 +11,7 @@ at the same budget are compared pairwise on the same test images (``pairwise_tab
 
 import html
 import itertools
+import json
 import re
 from functools import partial
 from pathlib import Path
@@ -54,6 +55,10 @@ _PAIRWISE_COLUMNS = [
 ]  # fmt: skip
 # Columns newer than some stored runs: added empty when a run's Parquet lacks them.
 _OPTIONAL_COLUMNS = {"test_images": "Int64", "test_correct": "string"}
+_ADDITIVITY_COLUMNS = [
+    "model", "dataset", "table_method", "segment_sum_ms", "outside_ms", "base_latency_ms",
+    "relative_error",
+]  # fmt: skip
 _UNMEASURED_COLUMNS = [
     "model", "dataset", "method", "budget_kind", "budget_value", "seed", "status", "reason",
 ]  # fmt: skip
@@ -134,6 +139,28 @@ def results_table(records: pd.DataFrame) -> pd.DataFrame:
     return ordered[_TABLE_COLUMNS].reset_index(drop=True)
 
 
+def table_additivity_table(records: pd.DataFrame) -> pd.DataFrame:
+    """The additivity of every latency table the cells planned on, where their method recorded
+    it (``table_additivity`` in the plan's meta, as dp-depth does): per model, data set and table
+    method, the table's prediction of the base network (single-unit segments + stem, head and
+    call) against its screened latency, and the relative error. Empty when no cell recorded one.
+    """
+    rows = []
+    for model, dataset, plan in zip(
+        records["model"], records["dataset"], records["plan"], strict=True
+    ):
+        if pd.isna(plan):
+            continue
+        recorded = json.loads(plan).get("meta", {}).get("table_additivity")
+        if recorded:
+            rows.append({"model": model, "dataset": dataset, **recorded})
+    if not rows:
+        return pd.DataFrame(columns=_ADDITIVITY_COLUMNS)
+    frame = pd.DataFrame(rows)
+    # cells that planned on the same table and base measurement repeat the same row
+    return frame.drop_duplicates(_ADDITIVITY_COLUMNS)[_ADDITIVITY_COLUMNS].reset_index(drop=True)
+
+
 def unmeasured_table(records: pd.DataFrame) -> pd.DataFrame:
     """Cells without measurements (infeasible or failed) and why: listed, never plotted."""
     unmeasured = records.loc[records["status"] != "ok", _UNMEASURED_COLUMNS]
@@ -210,6 +237,9 @@ def write_report(source: Path | pd.DataFrame, out_dir: Path) -> list[Path]:
         title = f"{profile_name} (profile {profile_hash})"
         table = results_table(profile_records)
         written += _write_tables(table, folder / "results", title)
+        additivity = table_additivity_table(profile_records)
+        if not additivity.empty:
+            written += _write_tables(additivity, folder / "table_additivity", title)
         unmeasured = unmeasured_table(profile_records)
         if not unmeasured.empty:
             written += _write_tables(unmeasured, folder / "unmeasured", title)
