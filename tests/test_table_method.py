@@ -1,4 +1,4 @@
-"""Table methods: the cache key, the identity model, the subtraction, the additivity arithmetic.
+"""Table methods: the cache key, the copies graph, the slope fit, the additivity arithmetic.
 
 Real ONNX Runtime and a real SQLite file; no assertion depends on how fast anything runs.
 """
@@ -6,19 +6,21 @@ Real ONNX Runtime and a real SQLite file; no assertion depends on how fast anyth
 import hashlib
 import json
 import sqlite3
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pandas as pd
 import pytest
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
 
 from suite.core.chain import Chain, ConvSpec, Unit
-from suite.core.export import write_identity_onnx
+from suite.core.export import write_conv_onnx
 from suite.core.trace import trace_model
 from suite.errors import DepthbenchError
-from suite.measure.harness import LatencyResult, summarize
 from suite.measure.profiles import read_profile
 from suite.measure.tables import (
     Additivity,
@@ -27,7 +29,7 @@ from suite.measure.tables import (
     TableCache,
     build_table,
     cache_key,
-    net_latency,
+    fit_slope,
     outside_chain_ms,
     segment_signature,
 )
@@ -42,8 +44,8 @@ def standalone():
 
 
 @pytest.fixture(scope="module")
-def subtracted(standalone):
-    return standalone.model_copy(update={"table_method": "overhead-subtracted"})
+def sloped(standalone):
+    return standalone.model_copy(update={"table_method": "slope"})
 
 
 @pytest.fixture(scope="module")
@@ -54,27 +56,15 @@ def chain() -> Chain:
     return Chain("tiny", units, (), (), "relu", 16, shapes)
 
 
-def _result(median_ms: float, stable: bool = True) -> LatencyResult:
-    samples = np.array([median_ms * 0.9, median_ms, median_ms * 1.1])
-    return LatencyResult(
-        **asdict(summarize([samples])),
-        samples=samples,
-        stable=stable,
-        attempts=1,
-        environment={},
-        profile_hash="h",
-    )
-
-
-def test_table_method_is_not_in_the_profile_hash(standalone, subtracted):
+def test_table_method_is_not_in_the_profile_hash(standalone, sloped):
     # end-to-end numbers do not depend on it; the table cache keys on it instead
-    assert subtracted.hash == standalone.hash
+    assert sloped.hash == standalone.hash
 
 
 def test_a_replay_profile_refuses_a_table_method(tmp_path):
     replay = Path(__file__).parents[1] / "hardware_profiles" / "rtx2080ti-replay-mbv2-1.0.yaml"
     path = tmp_path / "rtx2080ti-replay-mbv2-1.0.yaml"
-    path.write_text(replay.read_text() + "table_method: overhead-subtracted\n")
+    path.write_text(replay.read_text() + "table_method: slope\n")
 
     with pytest.raises(DepthbenchError, match="remove 'table_method'"):
         read_profile(path)
@@ -84,16 +74,14 @@ def test_cache_key_separates_methods_and_keeps_standalone_keys(chain, tmp_path):
     signature = segment_signature(chain, 0, 1, batch=2)
     cache = TableCache(tmp_path / "cache.sqlite")
     cache.write("p", cache_key(signature, "standalone"), SegmentLatency(1.0, 0.1, 5, True))
-    cache.write(
-        "p", cache_key(signature, "overhead-subtracted"), SegmentLatency(0.5, 0.1, 5, True, 0.25)
-    )
+    cache.write("p", cache_key(signature, "slope"), SegmentLatency(0.5, 0.1, 5, True, 0.25))
 
     assert cache_key(signature, "standalone") == signature.key  # rows of older caches still serve
     found, corrupt = cache.read("p", [signature.key])
     assert found == {signature.key: SegmentLatency(1.0, 0.1, 5, True)} and corrupt == []
-    subtracted_key = cache_key(signature, "overhead-subtracted")
-    found, _ = cache.read("p", [subtracted_key])
-    assert found == {subtracted_key: SegmentLatency(0.5, 0.1, 5, True, 0.25)}
+    sloped_key = cache_key(signature, "slope")
+    found, _ = cache.read("p", [sloped_key])
+    assert found == {sloped_key: SegmentLatency(0.5, 0.1, 5, True, 0.25)}
 
 
 def test_a_cache_from_before_table_methods_keeps_its_rows(chain, tmp_path):
@@ -118,7 +106,7 @@ def test_a_cache_from_before_table_methods_keeps_its_rows(chain, tmp_path):
 
 def test_a_tampered_overhead_fails_the_row_checksum(chain, tmp_path):
     path = tmp_path / "cache.sqlite"
-    key = cache_key(segment_signature(chain, 0, 1, batch=2), "overhead-subtracted")
+    key = cache_key(segment_signature(chain, 0, 1, batch=2), "slope")
     TableCache(path).write("p", key, SegmentLatency(0.5, 0.1, 5, True, 0.25))
     with sqlite3.connect(path) as db:
         db.execute("UPDATE segment_latency SET overhead_ms = 0.0")
@@ -128,30 +116,60 @@ def test_a_tampered_overhead_fails_the_row_checksum(chain, tmp_path):
     assert found == {} and corrupt == [key]
 
 
-def test_the_identity_model_returns_its_input_unchanged(tmp_path):
-    shape = (2, 8, 5, 5)
-    session = ort.InferenceSession(str(write_identity_onnx(shape, tmp_path / "identity.onnx")))
-    image = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+@pytest.mark.parametrize("activation", ["relu6", "relu", None])
+def test_the_copies_graph_is_the_segment_applied_by_each_copy(tmp_path, activation):
+    """Verify the construction: output k is conv k (its own weights) + activation of the input,
+    recomputed by torch from the file's weights; copy 0 is the single-segment model."""
+    spec, shape = ConvSpec(4, 6, 3, 2, 1, 2), (2, 4, 9, 9)
+    copies = write_conv_onnx(spec, shape, activation, tmp_path / "copies.onnx", copies=4)
+    single = write_conv_onnx(spec, shape, activation, tmp_path / "single.onnx")
+    image = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
 
-    (output,) = session.run(None, {session.get_inputs()[0].name: image})
+    outputs = _run(copies, image)
 
-    np.testing.assert_array_equal(output, image)
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(copies)).graph.initializer}
+    assert len(outputs) == 4
+    activate = {"relu6": F.relu6, "relu": F.relu, None: lambda x: x}[activation]
+    for k, output in enumerate(outputs):
+        expected = activate(
+            F.conv2d(
+                torch.from_numpy(image),
+                torch.tensor(weights[f"weight_{k}"]),
+                torch.tensor(weights[f"bias_{k}"]),
+                stride=2,
+                padding=1,
+                groups=2,
+            )
+        )
+        np.testing.assert_allclose(output, expected.numpy(), rtol=1e-4, atol=1e-4)
+    assert not np.array_equal(outputs[0], outputs[1])  # each copy has weights of its own
+    np.testing.assert_array_equal(outputs[0], _run(single, image)[0])
 
 
-def test_net_latency_subtracts_the_overhead_and_floors_at_zero():
-    assert net_latency(_result(3.0), None) == SegmentLatency(3.0, _result(3.0).cov, 3, True)
-    net = net_latency(_result(3.0), _result(0.5))
-    assert (net.median_ms, net.overhead_ms, net.stable) == (pytest.approx(2.5), 0.5, True)
-    assert net_latency(_result(0.4), _result(0.5)).median_ms == 0.0
-    assert not net_latency(_result(3.0), _result(0.5, stable=False)).stable
+def _run(path: Path, image: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: image})
 
 
-def test_an_overhead_subtracted_table_stores_its_method_and_rows(chain, subtracted, tmp_path):
+def test_the_slope_fit_recovers_a_known_line():
+    copies = [1, 2, 4, 8]
+
+    assert fit_slope(copies, [0.005 + 0.002 * n for n in copies]) == pytest.approx((0.002, 0.005))
+    # noise that cancels in least squares (it sums to 0 and is orthogonal to the centred copies)
+    noise = [0.0006, -0.0015, 0.0012, -0.0003]
+    assert sum(noise) == pytest.approx(0) and sum(
+        (n - 3.75) * e for n, e in zip(copies, noise, strict=True)
+    ) == pytest.approx(0)
+    noisy = [0.005 + 0.002 * n + e for n, e in zip(copies, noise, strict=True)]
+    assert fit_slope(copies, noisy) == pytest.approx((0.002, 0.005))
+
+
+def test_a_slope_table_stores_its_method_and_rows(chain, sloped, tmp_path):
     cache = TableCache(tmp_path / "cache.sqlite")
 
-    table = build_table(chain, subtracted, cache=cache)
+    table = build_table(chain, sloped, cache=cache)
 
-    assert table.method == "overhead-subtracted" and table.overhead_ms > 0
+    assert table.method == "slope" and isinstance(table.overhead_ms, float)
     assert table.measured == len(table.latency_ms) and all(
         ms >= 0 for ms in table.latency_ms.values()
     )
@@ -161,20 +179,18 @@ def test_an_overhead_subtracted_table_stores_its_method_and_rows(chain, subtract
         ).fetchall()
     assert len(rows) == len(table.latency_ms)
     for signature, median_ms, overhead_ms in rows:
-        assert json.loads(signature)["table_method"] == "overhead-subtracted"
-        assert overhead_ms > 0
+        assert json.loads(signature)["table_method"] == "slope"
+        assert isinstance(overhead_ms, float)  # the fit's intercept (noise may make it < 0)
         segment = tuple(json.loads(signature)["segment"]["input_shape"])
         assert median_ms in table.latency_ms.values() and segment in chain.shapes
-    again = build_table(chain, subtracted, cache=cache)
+    again = build_table(chain, sloped, cache=cache)
     assert again.cached == len(table.latency_ms) and again.latency_ms == table.latency_ms
     assert again.overhead_ms == table.overhead_ms
 
 
-def test_a_standalone_build_does_not_read_overhead_subtracted_rows(
-    chain, standalone, subtracted, tmp_path
-):
+def test_a_standalone_build_does_not_read_slope_rows(chain, standalone, sloped, tmp_path):
     cache = TableCache(tmp_path / "cache.sqlite")
-    build_table(chain, subtracted, cache=cache)
+    build_table(chain, sloped, cache=cache)
 
     table = build_table(chain, standalone, cache=cache)
 
@@ -191,21 +207,21 @@ def test_additivity_adds_the_outside_part_to_the_segments():
 
 def test_the_additivity_check_reports_the_median_run_and_an_interval_around_it():
     runs = tuple(Additivity(s, 10.0, 1.0) for s in (8.0, 10.0, 9.0))
-    check = AdditivityCheck("overhead-subtracted", runs)
+    check = AdditivityCheck("slope", runs)
 
     assert check.median_run is runs[2] and check.relative_error == pytest.approx(0.0)
     low, high = check.interval
     assert -1 < low <= -0.1 and 0.1 <= high  # contains every run's error (3 runs)
 
 
-def test_the_outside_part_is_measured_with_the_tables_method(subtracted):
+def test_the_outside_part_is_measured_with_the_tables_method(sloped):
     resnet = trace_model("resnet18", num_classes=10, resolution=16)
 
-    assert outside_chain_ms(resnet, subtracted) > 0
+    assert outside_chain_ms(resnet, sloped) > 0
 
 
 def test_the_report_lists_the_additivity_the_plans_recorded():
-    recorded = {"table_method": "overhead-subtracted", "segment_sum_ms": 1.0, "outside_ms": 0.1}
+    recorded = {"table_method": "slope", "segment_sum_ms": 1.0, "outside_ms": 0.1}
     recorded |= {"base_latency_ms": 1.2, "relative_error": 1.1 / 1.2 - 1}
     plan = json.dumps({"meta": {"table_additivity": recorded}})
     records = pd.DataFrame(

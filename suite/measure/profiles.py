@@ -18,12 +18,12 @@ to the CLI, or the traced chain's), so one CPU profile serves 32x32 digits and 2
 alike; a profile that fixes it (the upstream protocol fixes 224) measures at that size only.
 
 Table method: ``table_method`` says how a latency table measures its segments (see
-``suite.measure.tables``): ``standalone`` (each segment's own model, per-call overhead included;
-right where that overhead is negligible, e.g. TensorRT at batch 128) or ``overhead-subtracted``
-(the same, minus the measured cost of an identity model at the segment's input; needed where the
-overhead rivals a segment, e.g. ONNX Runtime at batch 1). It changes tables only, never an
-end-to-end number, so it is left out of the profile hash (end-to-end results stay comparable) and
-goes into the table cache's key instead.
+``suite.measure.tables``): ``standalone`` (each segment's own model; right where a call's fixed
+cost and cache effects are negligible, e.g. TensorRT at batch 128) or ``slope`` (the per-copy
+slope of N copies of the segment in one model; needed where a call costs as much as a small
+segment, e.g. ONNX Runtime at batch 1). It changes tables only, never an end-to-end number, so it
+is left out of the profile hash (end-to-end results stay comparable) and goes into the table
+cache's key instead.
 
 Replay profiles (``backend: replay``) have no device: they answer latency-table queries from a
 table measured upstream (``suite/reference``), so a method can plan for hardware the user lacks.
@@ -167,8 +167,8 @@ class ReplaySettings(_Strict):
         return table
 
 
-TableMethod = Literal["standalone", "overhead-subtracted"]
-TABLE_METHODS: tuple[TableMethod, ...] = ("standalone", "overhead-subtracted")
+TableMethod = Literal["standalone", "slope"]
+TABLE_METHODS: tuple[TableMethod, ...] = ("standalone", "slope")
 
 _SECTIONS = ("onnxruntime", "torch", "tensorrt", "trtexec", "replay")
 

@@ -6,27 +6,28 @@ feature map at position i, with the profile's batch) under the profile's light `
 The sum of T over a plan's segments is what the DP method minimises, so it must predict the
 network: the profile's ``table_method`` says how a segment is measured.
 
-- ``standalone``: the segment model's median latency. Every call of a model also pays the
-  runtime's fixed per-call cost (ONNX Runtime: about 5 us on one CPU thread), which a network
-  pays once but a sum of L standalone segments pays L times. Right where that cost is negligible
-  (TensorRT at batch 128).
-- ``overhead-subtracted``: the segment's median minus the median of an identity model at the same
-  input, measured just before it (so both see the same machine load), floored at 0. At batch 1 on
-  a CPU, where one small conv costs about as much as the call around it, only this makes the sum
-  predict the network (docs/measurement.md gives the measured additivity of both). It was chosen
-  over the slope of latency against N copies of the segment in one graph, which agreed with it
-  within 3% at twice the measurements.
+- ``standalone``: the segment model's median. Every call of a model also pays the runtime's fixed
+  per-call cost (ONNX Runtime: about 5 us on one CPU thread), which a network pays once but a sum
+  of L standalone segments pays L times; and a model timed in a loop keeps its weights in cache,
+  which a network of many layers does not. Right where both are negligible (TensorRT at batch
+  128).
+- ``slope``: N copies of the segment side by side in one model (``SLOPE_COPIES``; each with its
+  own weights, all reading the one input), timed for each N; T is the least-squares slope of
+  latency against N, the cost of one more copy. The intercept, stored as ``overhead_ms``, is the
+  per-call cost, which drops out; the copies' weights compete for the cache as a network's
+  layers do. At batch 1 on a CPU only this makes sums predict networks, compressed ones included
+  (docs/measurement.md gives the measured additivity of both, and of the rejected alternative,
+  subtracting an identity model's latency).
 
 Caching: numbers go into an SQLite file keyed by (profile hash, segment key). The key is the
 segment's signature (the conv's shape, input shape, batch and activation, nothing about the model)
 together with the table method (``cache_key``; a standalone key is the bare signature, as in caches
 written before table methods existed), so a segment is measured once across models, methods and
-runs, and numbers of two table methods never mix. Overhead-subtracted rows also store the
-subtracted overhead. Every row carries a checksum of its content; a row
-that fails it is reported (a warning naming the row), measured again and replaced. A cache file
-that is not an SQLite database at all is moved aside (``<name>.corrupt-<time>``, with a warning
-naming both paths) and a new cache is started, so a damaged cache costs measurements, never
-results.
+runs, and numbers of two table methods never mix. Slope rows also store the fitted intercept.
+Every row carries a checksum of its content; a row that fails it is reported (a warning naming
+the row), measured again and replaced. A cache file that is not an SQLite database at all is moved
+aside (``<name>.corrupt-<time>``, with a warning naming both paths) and a new cache is started, so
+a damaged cache costs measurements, never results.
 
 Replay profiles answer from an upstream table instead of measuring, after checking that the
 table's rows are exactly the chain's valid segments and that the chain is the network the table
@@ -34,7 +35,7 @@ was measured on (``replay.model`` at ``replay.width``; the profile fixes resolut
 
 Additivity: the table's prediction of the original network, the sum of its single-unit segments
 T(p-1, p) plus what no segment covers (the stem and the classifier head, measured with the same
-method, and for ``overhead-subtracted`` one call's overhead: ``outside_chain_ms``), against the
+method, and for ``slope`` one call's fixed cost: ``outside_chain_ms``), against the
 network's measured end-to-end latency. Tables assume it; ``additivity`` measures how far it holds
 for one table, ``measure_additivity`` repeats the whole check with fresh measurements to give the
 error an interval. Residual additions are not covered: they remain in the difference.
@@ -42,6 +43,7 @@ error an interval. Residual additions are not covered: they remain in the differ
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -49,7 +51,7 @@ import os
 import sqlite3
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -58,10 +60,11 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from suite.core.chain import MERGE_RULES, Chain, ConvSpec, MergeRule
-from suite.core.export import write_conv_onnx, write_identity_onnx
+from suite.core.export import write_conv_onnx
 from suite.core.trace import TracedModel, model_label
 from suite.errors import DepthbenchError
 from suite.measure.backends import get_backend
@@ -130,7 +133,8 @@ def cache_key(signature: SegmentSignature, method: TableMethod) -> str:
 
 @dataclass(frozen=True)
 class SegmentLatency:
-    """A segment's latency in ms; ``overhead_ms`` is what was subtracted (None: standalone)."""
+    """A segment's latency in ms; ``overhead_ms`` is the slope fit's intercept, the per-call
+    cost it leaves out (None: standalone)."""
 
     median_ms: float
     cov: float
@@ -260,7 +264,8 @@ class LatencyTable:
     """T(i, j) in ms for every valid segment of one chain under one profile.
 
     ``method`` is the profile's table method (``replay`` for a replayed table); ``overhead_ms``
-    the median overhead subtracted from its segments (None unless ``overhead-subtracted``).
+    the median of its segments' fitted intercepts, the per-call cost left out (None unless
+    ``slope``).
     """
 
     chain_name: str
@@ -371,41 +376,49 @@ def _median_overhead(latencies: list[SegmentLatency]) -> float | None:
 def _measure_segment(
     signature: SegmentSignature, profile: Profile, workdir: Path
 ) -> SegmentLatency:
-    """One merged conv + activation as its own model, under the table protocol and method."""
+    """One merged conv + activation, under the table protocol and method."""
     if get_backend(profile.backend).model_kind == "onnx":
         shape = (signature.batch, *signature.input_shape)
-        model = write_conv_onnx(
-            signature.conv, shape, signature.activation, workdir / "segment.onnx"
-        )
+
+        def model(copies: int) -> nn.Module | Path:
+            path = workdir / f"segment-{copies}.onnx"
+            return write_conv_onnx(signature.conv, shape, signature.activation, path, copies=copies)
     else:
-        model = conv_module(signature.conv, signature.activation)
-    return _measure_part(model, signature.input_shape, profile, workdir)
+
+        def model(copies: int) -> nn.Module | Path:
+            convs = [conv_module(signature.conv, signature.activation) for _ in range(copies)]
+            return convs[0] if copies == 1 else Copies(convs)
+
+    return _measure_part(model, signature.input_shape, profile)
+
+
+SLOPE_COPIES = (1, 2, 4, 8)
 
 
 def _measure_part(
-    model: nn.Module | Path, input_shape: tuple[int, int, int], profile: Profile, workdir: Path
+    model: Callable[[int], nn.Module | Path], input_shape: tuple[int, int, int], profile: Profile
 ) -> SegmentLatency:
-    """A model's latency under the table protocol and method (for ``overhead-subtracted`` the
-    identity model is measured first, so both see the same machine load)."""
-    overhead = None
-    if profile.table_method == "overhead-subtracted":
-        identity = _identity_model(input_shape, profile, workdir)
-        overhead = _table_measure(identity, input_shape, profile)
-    return net_latency(_table_measure(model, input_shape, profile), overhead)
-
-
-def net_latency(result: LatencyResult, overhead: LatencyResult | None) -> SegmentLatency:
-    """A model's median less the identity model's (``overhead``; None: standalone)."""
-    if overhead is None:
+    """``model(copies)``'s latency under the table protocol and method: one copy's median
+    (standalone), or the slope of the medians against ``SLOPE_COPIES``."""
+    if profile.table_method == "standalone":
+        result = _table_measure(model(1), input_shape, profile)
         return SegmentLatency(result.median_ms, result.cov, result.n, result.stable)
+    results = [_table_measure(model(copies), input_shape, profile) for copies in SLOPE_COPIES]
+    slope, intercept = fit_slope(SLOPE_COPIES, [result.median_ms for result in results])
     return SegmentLatency(
-        # a segment cheaper than the noise of the overhead would come out negative: it costs ~0
-        median_ms=max(result.median_ms - overhead.median_ms, 0.0),
-        cov=result.cov,
-        n=result.n,
-        stable=result.stable and overhead.stable,
-        overhead_ms=overhead.median_ms,
+        # a segment cheaper than the noise of the fit would come out negative: it costs ~0
+        median_ms=max(slope, 0.0),
+        cov=results[0].cov,
+        n=sum(result.n for result in results),
+        stable=all(result.stable for result in results),
+        overhead_ms=intercept,
     )
+
+
+def fit_slope(copies: Sequence[int], latencies_ms: Sequence[float]) -> tuple[float, float]:
+    """Least-squares line through (copies, latency): (ms per copy, ms at zero copies)."""
+    slope, intercept = np.polyfit(np.asarray(copies, float), np.asarray(latencies_ms, float), 1)
+    return float(slope), float(intercept)
 
 
 def _table_measure(
@@ -417,13 +430,15 @@ def _table_measure(
         return measure(model, profile, input_shape, protocol=profile.table_protocol)
 
 
-def _identity_model(
-    input_shape: tuple[int, int, int], profile: Profile, workdir: Path
-) -> nn.Module | Path:
-    """The model that computes nothing: its latency is one call's overhead at this input."""
-    if get_backend(profile.backend).model_kind == "onnx":
-        return write_identity_onnx((profile.batch, *input_shape), workdir / "identity.onnx")
-    return nn.Identity()
+class Copies(nn.Module):
+    """Modules side by side on one input; the torch twin of ``write_conv_onnx(copies=N)``."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        super().__init__()
+        self.copies = nn.ModuleList(modules)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(module(x) for module in self.copies)
 
 
 def conv_module(spec: ConvSpec, activation: str | None) -> nn.Module:
@@ -517,14 +532,32 @@ def additivity(
 
 def outside_chain_ms(traced: TracedModel, profile: Profile) -> float:
     """What the network costs besides its chain's units, measured with the table's method: the
-    stem and the head as models of their own, and for ``overhead-subtracted`` the one call
-    overhead the network pays (at the image input)."""
+    stem and the head, and for ``slope`` the one call's fixed cost the network pays (the stem
+    fit's intercept, at the image input)."""
     chain = traced.chain
     image = (3, chain.resolution, chain.resolution)
-    with tempfile.TemporaryDirectory(prefix="depthbench-outside-") as workdir:
-        stem = _measure_part(traced.stem, image, profile, Path(workdir))
-        head = _measure_part(traced.head, chain.shapes[-1], profile, Path(workdir))
+    stem = _measure_part(_copies_of(traced.stem), image, profile)
+    head = _measure_part(_copies_of(traced.head), chain.shapes[-1], profile)
     return stem.median_ms + head.median_ms + (stem.overhead_ms or 0.0)
+
+
+def _copies_of(module: nn.Module) -> Callable[[int], nn.Module]:
+    """``Copies`` of ``module``, each with weights of its own (perturbed, so no exporter can
+    share them)."""
+
+    def model(copies: int) -> nn.Module:
+        return Copies([_perturbed(module, k) for k in range(copies)]) if copies > 1 else module
+
+    return model
+
+
+@torch.no_grad()
+def _perturbed(module: nn.Module, seed: int) -> nn.Module:
+    twin = copy.deepcopy(module).eval()
+    generator = torch.Generator().manual_seed(seed)
+    for parameter in twin.parameters():
+        parameter.add_(torch.randn(parameter.shape, generator=generator) * 1e-3)
+    return twin
 
 
 @dataclass(frozen=True)
