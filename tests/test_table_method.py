@@ -5,6 +5,7 @@ Real ONNX Runtime and a real SQLite file; no assertion depends on how fast anyth
 
 import hashlib
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
+from typer.testing import CliRunner
 
+from suite.cli.app import app
 from suite.core.chain import Chain, ConvSpec, Unit
 from suite.core.export import write_conv_onnx
 from suite.core.trace import trace_model
@@ -235,3 +238,19 @@ def test_the_report_lists_the_additivity_the_plans_recorded():
     table = table_additivity_table(records)
 
     assert table.to_dict("records") == [{"model": "m", "dataset": "d", **recorded}]
+
+
+def test_depthbench_table_prints_the_method_and_the_additivity_interval(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        ["table", "resnet18", "-p", str(PROFILES / "test-cpu-fast.yaml"), "--num-classes", "10"]
+        + ["--cache", str(tmp_path / "cache.sqlite"), "--additivity-repeats", "2"],
+    )
+
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0, output
+    assert "table method standalone" in output
+    assert re.search(
+        r"additivity \(standalone table, 2 fresh measurements\): .* error [+-]\d", output
+    )
+    assert re.search(r"95% CI [+-][\d.]+% \.\. [+-][\d.]+%", output)

@@ -205,7 +205,7 @@ def table_command(
                 f"cache rows re-measured, {len(table.unstable)} unstable"
             )
         overhead = (
-            f", median overhead subtracted {table.overhead_ms:.4g} ms"
+            f", median intercept (call cost left out) {table.overhead_ms:.4g} ms"
             if table.overhead_ms is not None
             else ""
         )
