@@ -57,6 +57,7 @@ from suite.core.method import Infeasible, MethodResult, PlanContext, budget_miss
 from suite.core.plan import Plan
 from suite.core.registry import register_method
 from suite.errors import DepthbenchError
+from suite.measure.tables import LatencyTable, additivity, outside_chain_ms
 from suite.run.train import FinetuneRecipe, finetune_steps
 
 PAPER = "Kim et al., ICML 2023: Efficient Latency-Aware CNN Depth Compression via Two-Stage DP"
@@ -123,7 +124,8 @@ def plan_dp_depth(ctx: PlanContext, budget: Budget, config: DpDepthConfig) -> Me
             " or use a measuring profile"
         )
     # 1. tables (latency first: it is quick, and fails early on a chain the profile does not fit)
-    latency = ctx.latency_table(config.rule).latency_ms
+    latency_table = ctx.latency_table(config.rule)
+    latency = latency_table.latency_ms
     importance = measure_importance(ctx, config)
     tables = Tables(
         chain=ctx.chain,
@@ -138,9 +140,27 @@ def plan_dp_depth(ctx: PlanContext, budget: Budget, config: DpDepthConfig) -> Me
         plan = plan_at(tables, budget.value, prec, config.solver)
     else:
         plan = search_t0(ctx, tables, prec, ctx.target_ms(budget), config.solver)
-    return MethodResult(
-        plan, meta=importance_cost(importance, config.importance_recipe, ctx.data.train)
-    )
+    meta = {
+        **importance_cost(importance, config.importance_recipe, ctx.data.train),
+        "table_additivity": table_additivity(ctx, latency_table),
+    }
+    return MethodResult(plan, meta=meta)
+
+
+def table_additivity(ctx: PlanContext, table: LatencyTable) -> dict | None:
+    """How well the table predicts the base network (``suite.measure.tables.additivity``) against
+    its screened latency, for the run's report; None for a replayed table (nothing to measure)."""
+    if ctx.profile.is_replay:
+        return None
+    base = ctx.measure_plan(Plan.original(ctx.chain))
+    check = additivity(table, ctx.chain, base, outside_chain_ms(ctx.traced, ctx.profile))
+    return {
+        "table_method": table.method,
+        "segment_sum_ms": check.segment_sum_ms,
+        "outside_ms": check.outside_ms,
+        "base_latency_ms": check.end_to_end_ms,
+        "relative_error": check.relative_error,
+    }
 
 
 def measure_importance(ctx: PlanContext, config: DpDepthConfig) -> ImportanceTable:

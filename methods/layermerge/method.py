@@ -156,7 +156,7 @@ def option_latencies(ctx: PlanContext, options: list[Option]) -> dict[Key, float
         cache,
         progress=lambda done, total: ctx.report("latency table", done, total),
     )
-    return {key: latency.median_ms for key, latency in measured.items()}
+    return {key: latency.median_ms for key, latency in measured.latency.items()}
 
 
 def importance_cache_dir(ctx: PlanContext) -> Path:

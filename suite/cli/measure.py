@@ -53,6 +53,7 @@ from suite.measure.profiles import (
 
 if TYPE_CHECKING:
     from suite.measure.harness import LatencyResult
+    from suite.measure.tables import AdditivityCheck
 
 DEFAULT_PROFILE = "cpu-onnxruntime"
 
@@ -368,11 +369,17 @@ def table_command(
     repeats: Repeats = None,
     batch: Batch = None,
     threads: Threads = None,
+    additivity_repeats: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Fresh measurements of the additivity check, for its interval (0: skip it).",
+        ),
+    ] = 3,
 ) -> None:
     """Build (or read from the cache, or replay) a latency table; print it with its additivity."""
     from suite.core.trace import trace_model
-    from suite.measure.harness import measure
-    from suite.measure.tables import TableCache, additivity, build_table
+    from suite.measure.tables import TableCache, build_table, measure_additivity
 
     with user_errors():
         profile = overridden_profile(
@@ -405,9 +412,14 @@ def table_command(
                 f"{table.measured} measured, {table.cached} cached, {table.remeasured} corrupt "
                 f"cache rows re-measured, {len(table.unstable)} unstable"
             )
+        overhead = (
+            f", median intercept (call cost left out) {table.overhead_ms:.4g} ms"
+            if table.overhead_ms is not None
+            else ""
+        )
         console.print(
             f"{traced.chain.name} under {profile.name} (hash {profile.hash}, {rule} rule): "
-            f"{len(frame)} segments, {source}"
+            f"{len(frame)} segments, {source}; table method {table.method}{overhead}"
         )
         console.print(
             f"T(i, j): min {frame.time_ms.min():.4g} ms, median {frame.time_ms.median():.4g} ms, "
@@ -416,12 +428,29 @@ def table_command(
         if profile.is_replay:
             console.print("additivity: not measurable, a replay profile has no device")
             return
-        end_to_end = measure(traced.model, profile, input_shape=(3, size, size))
-        check = additivity(table, traced.chain, end_to_end)
-        console.print(
-            f"additivity: sum of single-unit segments {check.segment_sum_ms:.4g} ms vs end-to-end "
-            f"median {check.end_to_end_ms:.4g} ms: error {check.relative_error:+.1%}"
-        )
+        if additivity_repeats == 0:
+            return
+        with step_progress() as steps:
+            check = measure_additivity(
+                traced,
+                profile,
+                additivity_repeats,
+                progress=lambda done, total: steps("additivity check", done, total),
+            )
+        console.print(_additivity_line(check))
+
+
+def _additivity_line(check: AdditivityCheck) -> str:
+    """The median run of the check, its error's 95% interval and what the prediction sums."""
+    median = check.median_run
+    low, high = check.interval
+    return (
+        f"additivity ({check.method} table, {len(check.runs)} fresh measurements): predicted "
+        f"{median.predicted_ms:.4g} ms (single-unit segments {median.segment_sum_ms:.4g} ms + "
+        f"stem, head and call {median.outside_ms:.4g} ms) vs end-to-end median "
+        f"{median.end_to_end_ms:.4g} ms: error {check.relative_error:+.1%} (95% CI "
+        f"{low:+.1%} .. {high:+.1%})"
+    )
 
 
 def _existing(path: Path) -> Path:

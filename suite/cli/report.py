@@ -72,7 +72,13 @@ def report(
 ) -> None:
     """Write Pareto tables (CSV, Markdown, LaTeX), plots (PNG, SVG, PDF) and an HTML page per
     profile of a run."""
-    from suite.run.report import display_table, results_table, select_methods, write_report
+    from suite.run.report import (
+        display_table,
+        results_table,
+        select_methods,
+        table_additivity_table,
+        write_report,
+    )
 
     chosen = [name.strip() for name in methods.split(",") if name.strip()] if methods else None
     with user_errors():
@@ -89,6 +95,15 @@ def report(
                 f"(profile {profile_hash[:12]})"
             )
             console.print(_rich_table(display_table(fronts.drop(columns=constant)), title))
+            additivity = table_additivity_table(profile_records)
+            if not additivity.empty:
+                additivity["relative_error"] = additivity["relative_error"].map("{:+.1%}".format)
+                console.print(
+                    _rich_table(
+                        display_table(additivity),
+                        "Latency tables the plans used: their additivity on the base network",
+                    )
+                )
         console.print(f"wrote {len(written)} files to {out or run_dir / 'report'}")
 
 

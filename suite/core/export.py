@@ -8,7 +8,8 @@ deprecated upstream; its deprecation warning is silenced here because it is a de
 and the day it is removed the switch is ``dynamo=True, external_data=False``.
 
 Latency-table segments are one Conv (+ activation) each; ``write_conv_onnx`` builds that graph with
-``onnx.helper`` in milliseconds, which keeps a cold table build (171 segments) fast.
+``onnx.helper`` in milliseconds, which keeps a cold table build (171 segments) fast; it also writes
+N copies of the conv side by side for the table's slope method.
 """
 
 from __future__ import annotations
@@ -67,42 +68,51 @@ def write_conv_onnx(
     activation: str | None,
     path: Path,
     seed: int = 0,
+    copies: int = 1,
 ) -> Path:
     """Write one Conv (with bias) followed by ``activation`` ('relu', 'relu6' or None) as ONNX.
 
-    The weights are seeded random numbers: latency does not depend on their values.
+    ``copies`` > 1 writes that many such convs side by side, each with weights of its own, all
+    reading the one input, with outputs ``output_0``, ``output_1``...: the latency table's slope
+    method times them against their number. The weights are seeded random numbers (latency does
+    not depend on their values; copy 0 has those of the single conv).
     """
+    if activation not in ("relu", "relu6", None):
+        raise DepthbenchError(f"unknown activation {activation!r}: use 'relu', 'relu6' or None")
     rng = np.random.default_rng(seed)
-    weight = rng.standard_normal(
-        (spec.out_channels, spec.in_channels // spec.groups, spec.kernel, spec.kernel),
-        dtype=np.float32,
-    )
-    bias = rng.standard_normal(spec.out_channels, dtype=np.float32)
-    initializers = [
-        numpy_helper.from_array(weight, "weight"),
-        numpy_helper.from_array(bias, "bias"),
-    ]
-    conv_output = OUTPUT_NAME if activation is None else "conv"
-    nodes = [
-        helper.make_node(
-            "Conv",
-            [INPUT_NAME, "weight", "bias"],
-            [conv_output],
-            kernel_shape=[spec.kernel, spec.kernel],
-            strides=[spec.stride, spec.stride],
-            pads=[spec.padding] * 4,
-            group=spec.groups,
+    outputs = [OUTPUT_NAME] if copies == 1 else [f"{OUTPUT_NAME}_{k}" for k in range(copies)]
+    nodes, initializers = [], []
+    for k, output in enumerate(outputs):
+        suffix = "" if copies == 1 else f"_{k}"
+        weight = rng.standard_normal(
+            (spec.out_channels, spec.in_channels // spec.groups, spec.kernel, spec.kernel),
+            dtype=np.float32,
         )
-    ]
-    if activation == "relu":
-        nodes.append(helper.make_node("Relu", [conv_output], [OUTPUT_NAME]))
-    elif activation == "relu6":
+        bias = rng.standard_normal(spec.out_channels, dtype=np.float32)
+        initializers += [
+            numpy_helper.from_array(weight, f"weight{suffix}"),
+            numpy_helper.from_array(bias, f"bias{suffix}"),
+        ]
+        conv_output = output if activation is None else f"conv{suffix}"
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [INPUT_NAME, f"weight{suffix}", f"bias{suffix}"],
+                [conv_output],
+                kernel_shape=[spec.kernel, spec.kernel],
+                strides=[spec.stride, spec.stride],
+                pads=[spec.padding] * 4,
+                group=spec.groups,
+            )
+        )
+        if activation == "relu":
+            nodes.append(helper.make_node("Relu", [conv_output], [output]))
+        elif activation == "relu6":
+            nodes.append(helper.make_node("Clip", [conv_output, "zero", "six"], [output]))
+    if activation == "relu6":
         initializers += [
             numpy_helper.from_array(np.float32(v), n) for v, n in ((0, "zero"), (6, "six"))
         ]
-        nodes.append(helper.make_node("Clip", [conv_output, "zero", "six"], [OUTPUT_NAME]))
-    elif activation is not None:
-        raise DepthbenchError(f"unknown activation {activation!r}: use 'relu', 'relu6' or None")
     batch, _, height, width = input_shape
     out_size = [
         (size + 2 * spec.padding - spec.kernel) // spec.stride + 1 for size in (height, width)
@@ -113,8 +123,9 @@ def write_conv_onnx(
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, list(input_shape))],
         [
             helper.make_tensor_value_info(
-                OUTPUT_NAME, TensorProto.FLOAT, [batch, spec.out_channels, *out_size]
+                output, TensorProto.FLOAT, [batch, spec.out_channels, *out_size]
             )
+            for output in outputs
         ],
         initializers,
     )

@@ -17,6 +17,14 @@ Resolution: ``resolution: null`` means "the model's own input size" (the ``--res
 to the CLI, or the traced chain's), so one CPU profile serves 32x32 digits and 224x224 ImageNet
 alike; a profile that fixes it (the upstream protocol fixes 224) measures at that size only.
 
+Table method: ``table_method`` says how a latency table measures its segments (see
+``suite.measure.tables``): ``standalone`` (each segment's own model; right where a call's fixed
+cost and cache effects are negligible, e.g. TensorRT at batch 128) or ``slope`` (the per-copy
+slope of N copies of the segment in one model; needed where a call costs as much as a small
+segment, e.g. ONNX Runtime at batch 1). It changes tables only, never an end-to-end number, so it
+is left out of the profile hash (end-to-end results stay comparable) and goes into the table
+cache's key instead.
+
 Replay profiles (``backend: replay``) have no device: they answer latency-table queries from a
 table measured upstream (``suite/reference``), so a method can plan for hardware the user lacks.
 Cost-model profiles (``backend: costmodel``) answer every query, end to end or per segment, from
@@ -191,6 +199,9 @@ class ReplaySettings(_Strict):
         return table
 
 
+TableMethod = Literal["standalone", "slope"]
+TABLE_METHODS: tuple[TableMethod, ...] = ("standalone", "slope")
+
 _SECTIONS = ("costmodel", "onnxruntime", "torch", "tensorrt", "trtexec", "replay")
 
 
@@ -209,6 +220,7 @@ class Profile(_Strict):
     protocol: Protocol | None = None
     table_protocol: Protocol | None = None
     costmodel: CostModelSettings | None = None
+    table_method: TableMethod = "standalone"
     onnxruntime: OnnxRuntimeSettings | None = None
     torch: TorchSettings | None = None
     tensorrt: TensorRTSettings | None = None
@@ -238,6 +250,8 @@ class Profile(_Strict):
                 raise ValueError(f"a measuring profile needs {field!r}")
             if not measuring and getattr(self, field) is not None:
                 raise ValueError(f"a replay profile measures nothing; remove {field!r}")
+        if not measuring and self.table_method != "standalone":
+            raise ValueError("a replay profile measures nothing; remove 'table_method'")
         if self.precision == "fp16" and not (self._runs_on_gpu or self.backend == "costmodel"):
             raise ValueError(
                 "precision fp16 needs a GPU backend (tensorrt, trtexec, or torch on cuda) or "
@@ -262,8 +276,9 @@ class Profile(_Strict):
 
     @property
     def hash(self) -> str:
-        """Content hash over every field but the free-text description."""
-        content = self.model_dump(mode="json", exclude={"description"})
+        """Content hash over every field but the free-text description and the table method
+        (which changes tables, not end-to-end numbers; the table cache keys on it itself)."""
+        content = self.model_dump(mode="json", exclude={"description", "table_method"})
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     def matches(self, cpu_model: str, gpu_names: Sequence[str]) -> bool:

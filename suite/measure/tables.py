@@ -1,29 +1,49 @@
 """Latency tables T(i, j): the latency of every valid segment's merged conv under a profile.
 
 Each segment (i, j] of a chain merges into one conv (``chain.merged_spec``). Its latency is that
-conv, followed by the chain's activation, measured as a standalone model at its real input shape
-(the feature map at position i, with the profile's batch) under the profile's light
-``table_protocol``. The sum of T over a plan's segments is what the DP method minimises.
+conv, followed by the chain's activation, measured as its own model at its real input shape (the
+feature map at position i, with the profile's batch) under the profile's light ``table_protocol``.
+The sum of T over a plan's segments is what the DP method minimises, so it must predict the
+network: the profile's ``table_method`` says how a segment is measured.
 
-Caching: numbers go into an SQLite file keyed by (profile hash, segment signature). The signature
-is the conv's shape, input shape, batch and activation, nothing about the model, so a segment is
-measured once across models, methods and runs. Every row carries a checksum of its content; a row
-that fails it is reported (a warning naming the row), measured again and replaced. A cache file
-that is not an SQLite database at all is moved aside (``<name>.corrupt-<time>``, with a warning
-naming both paths) and a new cache is started, so a damaged cache costs measurements, never
-results.
+- ``standalone``: the segment model's median. Every call of a model also pays the runtime's fixed
+  per-call cost (ONNX Runtime: about 5 us on one CPU thread), which a network pays once but a sum
+  of L standalone segments pays L times; and a model timed in a loop keeps its weights in cache,
+  which a network of many layers does not. Right where both are negligible (TensorRT at batch
+  128).
+- ``slope``: N copies of the segment side by side in one model (``SLOPE_COPIES``; each with its
+  own weights, all reading the one input), timed for each N; T is the least-squares slope of
+  latency against N, the cost of one more copy. The intercept, stored as ``overhead_ms``, is the
+  per-call cost, which drops out; the copies' weights compete for the cache as a network's
+  layers do. At batch 1 on a CPU only this makes sums predict networks, compressed ones included
+  (docs/measurement.md gives the measured additivity of both, and of the rejected alternative,
+  subtracting an identity model's latency).
+
+Caching: numbers go into an SQLite file keyed by (profile hash, segment key). The key is the
+segment's signature (the conv's shape, input shape, batch and activation, nothing about the model)
+together with the table method (``cache_key``; a standalone key is the bare signature, as in caches
+written before table methods existed), so a segment is measured once across models, methods and
+runs, and numbers of two table methods never mix. Slope rows also store the fitted intercept.
+Every row carries a checksum of its content; a row that fails it is reported (a warning naming
+the row), measured again and replaced. A cache file that is not an SQLite database at all is moved
+aside (``<name>.corrupt-<time>``, with a warning naming both paths) and a new cache is started, so
+a damaged cache costs measurements, never results.
 
 Replay profiles answer from an upstream table instead of measuring, after checking that the
 table's rows are exactly the chain's valid segments and that the chain is the network the table
 was measured on (``replay.model`` at ``replay.width``; the profile fixes resolution and batch).
 
-Additivity: the sum of the single-unit segments T(p-1, p) against the original network's measured
-end-to-end latency. Tables assume it; ``additivity`` measures how far it holds (the difference
-also includes the stem and the classifier head, which no segment covers).
+Additivity: the table's prediction of the original network, the sum of its single-unit segments
+T(p-1, p) plus what no segment covers (the stem and the classifier head, measured with the same
+method, and for ``slope`` one call's fixed cost: ``outside_chain_ms``), against the
+network's measured end-to-end latency. Tables assume it; ``additivity`` measures how far it holds
+for one table, ``measure_additivity`` repeats the whole check with fresh measurements to give the
+error an interval. Residual additions are not covered: they remain in the difference.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -31,22 +51,30 @@ import os
 import sqlite3
 import tempfile
 import warnings
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from suite.core.chain import MERGE_RULES, Chain, ConvSpec, MergeRule
 from suite.core.export import write_conv_onnx
-from suite.core.trace import model_label
+from suite.core.trace import TracedModel, model_label
 from suite.errors import DepthbenchError
 from suite.measure.backends import get_backend
-from suite.measure.harness import LatencyResult, UnstableMeasurementWarning, measure
-from suite.measure.profiles import REFERENCE_DIR, Profile
+from suite.measure.harness import (
+    LatencyResult,
+    UnstableMeasurementWarning,
+    measure,
+    session_interval,
+)
+from suite.measure.profiles import REFERENCE_DIR, Profile, TableMethod
 
 Segment = tuple[int, int]
 Progress = Callable[[int, int], None]
@@ -91,12 +119,27 @@ def segment_signature(
     )
 
 
+def cache_key(signature: SegmentSignature, method: TableMethod) -> str:
+    """The cache row key of a segment measured with ``method``.
+
+    A standalone key is the bare signature, so caches written before table methods existed keep
+    serving standalone tables; any other method's key names the method.
+    """
+    if method == "standalone":
+        return signature.key
+    return json.dumps({"segment": json.loads(signature.key), "table_method": method})
+
+
 @dataclass(frozen=True)
 class SegmentLatency:
+    """A segment's latency in ms; ``overhead_ms`` is the slope fit's intercept, the per-call
+    cost it leaves out (None: standalone)."""
+
     median_ms: float
     cov: float
     n: int
     stable: bool
+    overhead_ms: float | None = None
 
 
 class TableCache:
@@ -111,8 +154,11 @@ class TableCache:
                 "CREATE TABLE IF NOT EXISTS segment_latency ("
                 " profile_hash TEXT NOT NULL, signature TEXT NOT NULL,"
                 " median_ms REAL, cov REAL, n INTEGER, stable INTEGER, measured_at TEXT,"
-                " checksum TEXT, PRIMARY KEY (profile_hash, signature))"
+                " checksum TEXT, overhead_ms REAL, PRIMARY KEY (profile_hash, signature))"
             )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(segment_latency)")}
+            if "overhead_ms" not in columns:  # a cache written before table methods existed
+                db.execute("ALTER TABLE segment_latency ADD COLUMN overhead_ms REAL")
 
     def read(
         self, profile_hash: str, keys: list[str]
@@ -120,37 +166,41 @@ class TableCache:
         """The intact cached latencies among ``keys``, and the keys whose rows are corrupt."""
         with self._database() as db:
             rows = db.execute(
-                "SELECT signature, median_ms, cov, n, stable, measured_at, checksum"
+                "SELECT signature, median_ms, cov, n, stable, measured_at, checksum, overhead_ms"
                 " FROM segment_latency WHERE profile_hash = ?",
                 (profile_hash,),
             ).fetchall()
         wanted = set(keys)
         found, corrupt = {}, []
-        for signature, median_ms, cov, n, stable, measured_at, checksum in rows:
+        for signature, median_ms, cov, n, stable, measured_at, checksum, overhead_ms in rows:
             if signature not in wanted:
                 continue
-            content = (profile_hash, signature, median_ms, cov, n, stable, measured_at)
+            content = _row_content(
+                profile_hash, signature, median_ms, cov, n, stable, measured_at, overhead_ms
+            )
             if checksum != _checksum(*content):
                 corrupt.append(signature)
                 continue
-            found[signature] = SegmentLatency(median_ms, cov, n, bool(stable))
+            found[signature] = SegmentLatency(median_ms, cov, n, bool(stable), overhead_ms)
         return found, corrupt
 
     def write(self, profile_hash: str, key: str, latency: SegmentLatency) -> None:
-        measured_at = datetime.now(UTC).isoformat()
-        content = (
+        content = _row_content(
             profile_hash,
             key,
             latency.median_ms,
             latency.cov,
             latency.n,
             int(latency.stable),
-            measured_at,
+            datetime.now(UTC).isoformat(),
+            latency.overhead_ms,
         )
         with self._database() as db:
             db.execute(
-                "INSERT OR REPLACE INTO segment_latency VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (*content, _checksum(*content)),
+                "INSERT OR REPLACE INTO segment_latency (profile_hash, signature, median_ms, cov,"
+                " n, stable, measured_at, overhead_ms, checksum)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*content[:7], latency.overhead_ms, _checksum(*content)),
             )
 
     def _move_aside_if_foreign(self) -> None:
@@ -191,13 +241,25 @@ class TableCache:
 _SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database
 
 
+def _row_content(*fields: object) -> tuple[object, ...]:
+    """A row's checksummed content; a standalone row (overhead None, the last field) leaves the
+    overhead out, so rows written before the overhead column existed still pass."""
+    *content, overhead_ms = fields
+    return tuple(content) if overhead_ms is None else (*content, overhead_ms)
+
+
 def _checksum(*content: object) -> str:
     return hashlib.sha256(json.dumps(content).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class LatencyTable:
-    """T(i, j) in ms for every valid segment of one chain under one profile."""
+    """T(i, j) in ms for every valid segment of one chain under one profile.
+
+    ``method`` is the profile's table method (``replay`` for a replayed table); ``overhead_ms``
+    the median of its segments' fitted intercepts, the per-call cost left out (None unless
+    ``slope``).
+    """
 
     chain_name: str
     profile_name: str
@@ -209,6 +271,8 @@ class LatencyTable:
     cached: int = 0
     remeasured: int = 0
     replayed: bool = False
+    method: TableMethod | Literal["replay"] = "standalone"
+    overhead_ms: float | None = None
 
     def __getitem__(self, segment: Segment) -> float:
         if segment not in self.latency_ms:
@@ -250,29 +314,9 @@ def build_table(
         if progress:
             progress(len(segments), len(segments))
         return table
-    get_backend(profile.backend).check_available(profile)
     signatures = {s: segment_signature(chain, *s, profile.batch) for s in segments}
-    distinct = {sig.key: sig for sig in signatures.values()}
-    found, corrupt = cache.read(profile.hash, list(distinct)) if cache else ({}, [])
-    for key in corrupt:
-        warnings.warn(
-            f"latency cache {cache.path}: the row for profile {profile.hash}, segment {key} failed "
-            "its checksum; measuring it again",
-            CorruptCacheRowWarning,
-            stacklevel=2,
-        )
-    cached = len(found)
-    missing = [key for key in distinct if key not in found]
-    with tempfile.TemporaryDirectory(prefix="depthbench-table-") as workdir:
-        for done, key in enumerate(missing):
-            if progress:
-                progress(cached + done, len(distinct))
-            found[key] = _measure_segment(distinct[key], profile, Path(workdir))
-            if cache:
-                cache.write(profile.hash, key, found[key])
-    if progress:
-        progress(len(distinct), len(distinct))
-    unstable = tuple(s for s, sig in signatures.items() if not found[sig.key].stable)
+    measured = measure_signatures(signatures, profile, cache, progress)
+    unstable = tuple(s for s, latency in measured.latency.items() if not latency.stable)
     if unstable:
         warnings.warn(
             f"{len(unstable)} of {len(segments)} segments of {chain.name} stayed above the "
@@ -285,12 +329,25 @@ def build_table(
         profile_name=profile.name,
         profile_hash=profile.hash,
         rule=rule,
-        latency_ms={s: found[sig.key].median_ms for s, sig in signatures.items()},
+        latency_ms={s: latency.median_ms for s, latency in measured.latency.items()},
         unstable=unstable,
-        measured=len(missing),
-        cached=cached,
-        remeasured=len(corrupt),
+        measured=measured.measured,
+        cached=measured.cached,
+        remeasured=measured.remeasured,
+        method=profile.table_method,
+        overhead_ms=measured.overhead_ms,
     )
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Latencies of named segment signatures, and where they came from."""
+
+    latency: dict[Hashable, SegmentLatency]
+    measured: int  # distinct signatures measured now
+    cached: int  # distinct signatures read from the cache
+    remeasured: int  # of the measured, those whose cache row failed its checksum
+    overhead_ms: float | None  # the median per-call intercept of the slope method
 
 
 def measure_signatures(
@@ -298,55 +355,118 @@ def measure_signatures(
     profile: Profile,
     cache: TableCache | None = None,
     progress: Progress | None = None,
-) -> dict[Hashable, SegmentLatency]:
-    """The latency of each signature's standalone conv under ``profile`` (measuring profiles only),
-    read from ``cache`` when it holds an intact row, else measured and cached; ``progress(done,
-    total)`` counts distinct signatures. For tables keyed by more than a segment (LayerMerge's
-    options); corrupt rows are measured again with a ``CorruptCacheRowWarning``."""
+) -> Measured:
+    """The latency of each signature's conv + activation under ``profile``'s table protocol and
+    ``table_method`` (measuring profiles only), read from ``cache`` when it holds an intact row,
+    else measured and cached; ``progress(done, total)`` counts distinct signatures. Corrupt rows
+    are measured again with a ``CorruptCacheRowWarning``."""
     if profile.is_replay:
         raise DepthbenchError(
             f"profile {profile.name!r} replays a table of whole segments and measures nothing;"
             " use a measuring profile"
         )
     get_backend(profile.backend).check_available(profile)
-    distinct = {sig.key: sig for sig in signatures.values()}
+    method = profile.table_method
+    distinct = {cache_key(sig, method): sig for sig in signatures.values()}
     found, corrupt = cache.read(profile.hash, list(distinct)) if cache else ({}, [])
     for key in corrupt:
         warnings.warn(
             f"latency cache {cache.path}: the row for profile {profile.hash}, segment {key} failed "
             "its checksum; measuring it again",
             CorruptCacheRowWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
+    cached = len(found)
     missing = [key for key in distinct if key not in found]
     with tempfile.TemporaryDirectory(prefix="depthbench-table-") as workdir:
         for done, key in enumerate(missing):
             if progress:
-                progress(len(distinct) - len(missing) + done, len(distinct))
+                progress(cached + done, len(distinct))
             found[key] = _measure_segment(distinct[key], profile, Path(workdir))
             if cache:
                 cache.write(profile.hash, key, found[key])
     if progress:
         progress(len(distinct), len(distinct))
-    return {name: found[sig.key] for name, sig in signatures.items()}
+    return Measured(
+        latency={name: found[cache_key(sig, method)] for name, sig in signatures.items()},
+        measured=len(missing),
+        cached=cached,
+        remeasured=len(corrupt),
+        overhead_ms=_median_overhead([found[key] for key in distinct]),
+    )
+
+
+def _median_overhead(latencies: list[SegmentLatency]) -> float | None:
+    overheads = [latency.overhead_ms for latency in latencies if latency.overhead_ms is not None]
+    return float(np.median(overheads)) if overheads else None
 
 
 def _measure_segment(
     signature: SegmentSignature, profile: Profile, workdir: Path
 ) -> SegmentLatency:
-    """One merged conv + activation as a standalone model, under the table protocol."""
+    """One merged conv + activation, under the table protocol and method."""
     if get_backend(profile.backend).model_kind == "onnx":
         shape = (signature.batch, *signature.input_shape)
-        model = write_conv_onnx(
-            signature.conv, shape, signature.activation, workdir / "segment.onnx"
-        )
+
+        def model(copies: int) -> nn.Module | Path:
+            path = workdir / f"segment-{copies}.onnx"
+            return write_conv_onnx(signature.conv, shape, signature.activation, path, copies=copies)
     else:
-        model = conv_module(signature.conv, signature.activation)
+
+        def model(copies: int) -> nn.Module | Path:
+            convs = [conv_module(signature.conv, signature.activation) for _ in range(copies)]
+            return convs[0] if copies == 1 else Copies(convs)
+
+    return _measure_part(model, signature.input_shape, profile)
+
+
+SLOPE_COPIES = (1, 2, 4, 8)
+
+
+def _measure_part(
+    model: Callable[[int], nn.Module | Path], input_shape: tuple[int, int, int], profile: Profile
+) -> SegmentLatency:
+    """``model(copies)``'s latency under the table protocol and method: one copy's median
+    (standalone), or the slope of the medians against ``SLOPE_COPIES``."""
+    if profile.table_method == "standalone":
+        result = _table_measure(model(1), input_shape, profile)
+        return SegmentLatency(result.median_ms, result.cov, result.n, result.stable)
+    results = [_table_measure(model(copies), input_shape, profile) for copies in SLOPE_COPIES]
+    slope, intercept = fit_slope(SLOPE_COPIES, [result.median_ms for result in results])
+    return SegmentLatency(
+        # a segment cheaper than the noise of the fit would come out negative: it costs ~0
+        median_ms=max(slope, 0.0),
+        cov=results[0].cov,
+        n=sum(result.n for result in results),
+        stable=all(result.stable for result in results),
+        overhead_ms=intercept,
+    )
+
+
+def fit_slope(copies: Sequence[int], latencies_ms: Sequence[float]) -> tuple[float, float]:
+    """Least-squares line through (copies, latency): (ms per copy, ms at zero copies)."""
+    slope, intercept = np.polyfit(np.asarray(copies, float), np.asarray(latencies_ms, float), 1)
+    return float(slope), float(intercept)
+
+
+def _table_measure(
+    model: nn.Module | Path, input_shape: tuple[int, int, int], profile: Profile
+) -> LatencyResult:
     with warnings.catch_warnings():
         # the table reports unstable segments together, not one warning each
         warnings.simplefilter("ignore", UnstableMeasurementWarning)
-        result = measure(model, profile, signature.input_shape, protocol=profile.table_protocol)
-    return SegmentLatency(result.median_ms, result.cov, result.n, result.stable)
+        return measure(model, profile, input_shape, protocol=profile.table_protocol)
+
+
+class Copies(nn.Module):
+    """Modules side by side on one input; the torch twin of ``write_conv_onnx(copies=N)``."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        super().__init__()
+        self.copies = nn.ModuleList(modules)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(module(x) for module in self.copies)
 
 
 def conv_module(spec: ConvSpec, activation: str | None) -> nn.Module:
@@ -398,23 +518,33 @@ def _replay(
         rule=rule,
         latency_ms={s: rows[s] for s in segments},
         replayed=True,
+        method="replay",
     )
 
 
 @dataclass(frozen=True)
 class Additivity:
-    """Sum of the single-unit segments T(p-1, p) against the network's end-to-end latency."""
+    """A table's prediction of the original network against its end-to-end latency: the
+    single-unit segments T(p-1, p) plus the parts outside the chain (``outside_chain_ms``)."""
 
     segment_sum_ms: float
     end_to_end_ms: float
+    outside_ms: float = 0.0
+
+    @property
+    def predicted_ms(self) -> float:
+        return self.segment_sum_ms + self.outside_ms
 
     @property
     def relative_error(self) -> float:
-        return (self.segment_sum_ms - self.end_to_end_ms) / self.end_to_end_ms
+        return (self.predicted_ms - self.end_to_end_ms) / self.end_to_end_ms
 
 
-def additivity(table: LatencyTable, chain: Chain, end_to_end: LatencyResult) -> Additivity:
-    """How well T adds up: the network's units, one segment each, vs its measured median."""
+def additivity(
+    table: LatencyTable, chain: Chain, end_to_end: LatencyResult, outside_ms: float = 0.0
+) -> Additivity:
+    """How well T adds up: the network's units, one segment each, plus ``outside_ms``, vs its
+    measured median."""
     if table.chain_name != chain.name:
         raise DepthbenchError(f"the table is for chain {table.chain_name!r}, not {chain.name!r}")
     if table.profile_hash != end_to_end.profile_hash:
@@ -423,4 +553,97 @@ def additivity(table: LatencyTable, chain: Chain, end_to_end: LatencyResult) -> 
             f"under {end_to_end.profile_hash}; measure both under the same profile"
         )
     total = math.fsum(table[(p - 1, p)] for p in range(1, chain.L + 1))
-    return Additivity(segment_sum_ms=total, end_to_end_ms=end_to_end.median_ms)
+    return Additivity(
+        segment_sum_ms=total, end_to_end_ms=end_to_end.median_ms, outside_ms=outside_ms
+    )
+
+
+def outside_chain_ms(traced: TracedModel, profile: Profile) -> float:
+    """What the network costs besides its chain's units, measured with the table's method: the
+    stem and the head, and for ``slope`` the one call's fixed cost the network pays (the stem
+    fit's intercept, at the image input)."""
+    chain = traced.chain
+    image = (3, chain.resolution, chain.resolution)
+    stem = _measure_part(_copies_of(traced.stem), image, profile)
+    head = _measure_part(_copies_of(traced.head), chain.shapes[-1], profile)
+    return stem.median_ms + head.median_ms + (stem.overhead_ms or 0.0)
+
+
+def _copies_of(module: nn.Module) -> Callable[[int], nn.Module]:
+    """``Copies`` of ``module``, each with weights of its own (perturbed, so no exporter can
+    share them)."""
+
+    def model(copies: int) -> nn.Module:
+        return Copies([_perturbed(module, k) for k in range(copies)]) if copies > 1 else module
+
+    return model
+
+
+@torch.no_grad()
+def _perturbed(module: nn.Module, seed: int) -> nn.Module:
+    twin = copy.deepcopy(module).eval()
+    generator = torch.Generator().manual_seed(seed)
+    for parameter in twin.parameters():
+        parameter.add_(torch.randn(parameter.shape, generator=generator) * 1e-3)
+    return twin
+
+
+@dataclass(frozen=True)
+class AdditivityCheck:
+    """``measure_additivity``'s repeated checks, each from fresh measurements."""
+
+    method: TableMethod
+    runs: tuple[Additivity, ...]
+
+    @property
+    def median_run(self) -> Additivity:
+        """The run with the median error (the lower of the two middle ones for an even count)."""
+        ordered = sorted(self.runs, key=lambda run: run.relative_error)
+        return ordered[(len(ordered) - 1) // 2]
+
+    @property
+    def relative_error(self) -> float:
+        return self.median_run.relative_error
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """95% interval of the error, from the runs' ratios predicted / end-to-end (the harness's
+        ``session_interval``: runs differ by a factor); with one run, that run's error twice."""
+        ratios = [run.predicted_ms / run.end_to_end_ms for run in self.runs]
+        if len(ratios) == 1:
+            return self.runs[0].relative_error, self.runs[0].relative_error
+        low, high = session_interval(ratios)
+        return low - 1, high - 1
+
+
+def measure_additivity(
+    traced: TracedModel, profile: Profile, repeats: int = 3, progress: Progress | None = None
+) -> AdditivityCheck:
+    """Measure the original network's single-unit segments, its outside parts and its end-to-end
+    latency ``repeats`` times afresh (no cache), under the profile's table method."""
+    if profile.is_replay:
+        raise DepthbenchError(
+            f"profile {profile.name!r} replays a table and measures nothing, so its additivity "
+            "cannot be measured; use a measuring profile"
+        )
+    if repeats < 1:
+        raise DepthbenchError(f"additivity needs at least 1 repeat, got {repeats}")
+    chain = traced.chain
+    image = (3, chain.resolution, chain.resolution)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="depthbench-additivity-") as workdir:
+        for repeat in range(repeats):
+            if progress:
+                progress(repeat, repeats)
+            units = [
+                _measure_segment(
+                    segment_signature(chain, p - 1, p, profile.batch), profile, Path(workdir)
+                ).median_ms
+                for p in range(1, chain.L + 1)
+            ]
+            outside = outside_chain_ms(traced, profile)
+            end_to_end = measure(traced.model, profile, input_shape=image)
+            runs.append(Additivity(math.fsum(units), end_to_end.median_ms, outside))
+    if progress:
+        progress(repeats, repeats)
+    return AdditivityCheck(profile.table_method, tuple(runs))

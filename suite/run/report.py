@@ -18,6 +18,7 @@ index page links the profiles' pages when there are several.
 
 import base64
 import itertools
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,10 @@ _OPTIONAL_COLUMNS = {
 # Columns that describe the whole table when they hold one value: moved into its caption.
 _CONTEXT_COLUMNS = [
     "model", "dataset", "budget_kind", "fidelity", "seeds", "seed", "stable", "status",
+]  # fmt: skip
+_ADDITIVITY_COLUMNS = [
+    "model", "dataset", "table_method", "segment_sum_ms", "outside_ms", "base_latency_ms",
+    "relative_error",
 ]  # fmt: skip
 _UNMEASURED_COLUMNS = [
     "model", "dataset", "method", "budget_kind", "budget_value", "seed", "status", "reason",
@@ -176,6 +181,28 @@ def search_cost(records: pd.DataFrame) -> pd.DataFrame:
     measured = records[records["status"] == "ok"].reindex(columns=_SEEDLESS + _SEARCH_COST)
     costs = measured[_SEARCH_COST].astype("float64")
     return measured[_SEEDLESS].join(costs).groupby(_SEEDLESS, dropna=False).mean().reset_index()
+
+
+def table_additivity_table(records: pd.DataFrame) -> pd.DataFrame:
+    """The additivity of every latency table the cells planned on, where their method recorded
+    it (``table_additivity`` in the plan's meta, as dp-depth does): per model, data set and table
+    method, the table's prediction of the base network (single-unit segments + stem, head and
+    call) against its screened latency, and the relative error. Empty when no cell recorded one.
+    """
+    rows = []
+    for model, dataset, plan in zip(
+        records["model"], records["dataset"], records["plan"], strict=True
+    ):
+        if pd.isna(plan):
+            continue
+        recorded = json.loads(plan).get("meta", {}).get("table_additivity")
+        if recorded:
+            rows.append({"model": model, "dataset": dataset, **recorded})
+    if not rows:
+        return pd.DataFrame(columns=_ADDITIVITY_COLUMNS)
+    frame = pd.DataFrame(rows)
+    # cells that planned on the same table and base measurement repeat the same row
+    return frame.drop_duplicates(_ADDITIVITY_COLUMNS)[_ADDITIVITY_COLUMNS].reset_index(drop=True)
 
 
 def unmeasured_table(records: pd.DataFrame) -> pd.DataFrame:
@@ -613,6 +640,13 @@ def _write_profile(
         written += _write_table(missing, folder / "unmeasured", title)
     if not pairwise.empty:
         written += _write_pairwise(pairwise, folder / "pairwise", title)
+    additivity = table_additivity_table(records)
+    if not additivity.empty:
+        caption = _ADDITIVITY_CAPTION.format(profile=name)
+        label = f"tab:additivity-{_path_safe(name)}"
+        written += _write_table(
+            _Table(additivity, caption, label), folder / "table_additivity", title
+        )
     short_title = f"{name} (profile {profile_hash[:12]})"
     figures = []
     if not table.empty:
@@ -671,6 +705,10 @@ _RESULTS_CAPTION = (
     "{profile}: top-1 accuracy and median latency with 95% intervals, speed-up and top-1 drop "
     "against the original network, and the deployed network's size; bold rows are on the "
     "global Pareto front."
+)
+_ADDITIVITY_CAPTION = (
+    "Additivity of the latency tables the methods planned on under {profile}: the single-unit "
+    "segments plus stem, head and call against the base network's screened latency."
 )
 _UNMEASURED_CAPTION = "{profile}: cells without measurements (never plotted) and why."
 _CAPTION_NAMES = {
