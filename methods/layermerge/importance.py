@@ -14,7 +14,7 @@ machinery this reuses: ``methods.dp_depth.importance``, its cache):
    the base network, and I = exp(Δ top-1 / 100) (upstream ``normalize_imp``; no α).
 
 Fidelity ``smoke`` skips steps 1 and 2 and scores right after the change, like dp-depth's smoke.
-Entries are cached one file each under their own directory (``CACHE_NAME``), keyed like
+Entries are cached one file each under ``importance/layermerge/`` of the cache, keyed like
 dp-depth's by base weights, data, fidelity and recipe; the file name is the entry's (i, j, K, dw).
 """
 
@@ -40,7 +40,7 @@ from suite.core.trace import TracedModel
 from suite.run.data import DataSplits
 from suite.run.train import FinetuneRecipe
 
-CACHE_NAME = "layermerge-importance"
+CACHE_NAME = "layermerge"  # under the importance cache, beside dp-depth's tables
 Key = tuple[int, int, int, int]  # (i, j, K, dw): Option.key
 
 

@@ -36,7 +36,7 @@ from methods.layermerge.importance import CACHE_NAME, UPSTREAM_RECIPE, Key, impo
 from methods.layermerge.importance import measure as measure_importance
 from methods.layermerge.options import Option, table_options, unsupported
 from methods.layermerge.solver import Entry, Solution, fastest_units, solve
-from suite.cache import LATENCY_TABLES, cache_root
+from suite.cache import IMPORTANCE, LATENCY_TABLES, cache_root
 from suite.core.budget import Budget, Fidelity
 from suite.core.chain import Chain
 from suite.core.method import Infeasible, MethodResult, PlanContext
@@ -162,7 +162,7 @@ def option_latencies(ctx: PlanContext, options: list[Option]) -> dict[Key, float
 def importance_cache_dir(ctx: PlanContext) -> Path:
     """Beside the run's latency-table cache when it has one, else the user cache directory."""
     root = ctx.cache_dir if ctx.cache_dir is not None else cache_root()
-    return root / CACHE_NAME
+    return root / IMPORTANCE / CACHE_NAME
 
 
 def plan_at(tables: Tables, t0: float, prec: float, official: bool = False) -> Plan:

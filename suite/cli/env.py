@@ -25,6 +25,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from suite.cache import BASE_WEIGHTS, IMPORTANCE, LATENCY_TABLES, TENSORRT, cache_root
 from suite.cli.options import Format, OutputFormat
 from suite.cli.output import emit
 from suite.console import console, logger, user_errors
@@ -135,21 +136,15 @@ def cache_clear_command(
         console.print(f"cleared {kind.value}: {_human(size)}")
 
 
-def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/depthbench`` (``~/.cache`` without XDG), as the suite's caches use it."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "depthbench"
-
-
 def cache_paths() -> dict[str, list[Path]]:
     """The files and folders of each cache kind (those of the latency-table SQLite included)."""
     root = cache_root()
-    tables = root / "latency_tables.sqlite"  # suite.run.cell.TABLE_CACHE_FILE
+    tables = root / LATENCY_TABLES
     return {
-        "base": [root / "base"],
+        "base": [root / BASE_WEIGHTS],
         "tables": [tables, *(tables.with_name(tables.name + end) for end in ("-wal", "-shm"))],
-        "importance": [root / "importance"],
-        # suite.measure.backends.tensorrt.timing_cache_path: under ~/.cache whatever XDG says
-        "tensorrt": [Path.home() / ".cache" / "depthbench" / "tensorrt"],
+        "importance": [root / IMPORTANCE],
+        "tensorrt": [root / TENSORRT],
     }
 
 
