@@ -9,6 +9,9 @@ layer-wise stage), and metadata for the record. When no plan meets the budget it
 The context carries the measuring as two functions the run wires in (``suite.run.cell.plan_context``):
 ``screen`` times a deploy network, ``tables`` builds a latency table. So the contract depends on
 nothing but the core; the profile, data and recipe are only passed through to the method.
+A third, ``map_items`` (``suite.core.items``), runs a table's independent items (importance
+entries, latency segments): serially here by default, spread over a Ray cluster under
+``--executor ray``.
 
 Budgets are met by *measured* latency: ``meet_budget`` walks a method's own ranking of plans, from
 least to most compressed, and returns the first whose deploy network measures within the target.
@@ -33,6 +36,7 @@ from torch import nn
 
 from suite.core.budget import Budget, Fidelity
 from suite.core.chain import Chain, MergeRule
+from suite.core.items import MapItems, serial_map
 from suite.core.plan import Plan
 from suite.core.realize import TrainableNetwork, deploy_network, trainable_network
 from suite.core.trace import TracedModel
@@ -71,6 +75,7 @@ class PlanContext:
     seed: int = 0
     cache_dir: Path | None = None  # the run's cache folder; None: the user cache
     progress: Progress | None = None
+    map_items: MapItems = serial_map  # how a table's items run (suite.core.items)
     _measured: dict = field(default_factory=dict, repr=False)
     _tables: dict = field(default_factory=dict, repr=False)
 

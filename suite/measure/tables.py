@@ -13,6 +13,12 @@ that is not an SQLite database at all is moved aside (``<name>.corrupt-<time>``,
 naming both paths) and a new cache is started, so a damaged cache costs measurements, never
 results.
 
+Distribution: the missing segments are work items (``suite.core.items``): each measures one
+segment where it runs and returns the number; the caller writes the cache as results arrive. Under
+Ray each holds the profile's measuring slot (``measurement_resources``), so only the nodes that
+stand for the profile measure, one segment at a time per node. A table interrupted anywhere
+resumes from the rows already written.
+
 Replay profiles answer from an upstream table instead of measuring, after checking that the
 table's rows are exactly the chain's valid segments and that the chain is the network the table
 was measured on (``replay.model`` at ``replay.width``; the profile fixes resolution and batch).
@@ -42,11 +48,12 @@ from torch import nn
 
 from suite.core.chain import MERGE_RULES, Chain, ConvSpec, MergeRule
 from suite.core.export import write_conv_onnx
+from suite.core.items import MapItems, serial_map
 from suite.core.trace import model_label
 from suite.errors import DepthbenchError
 from suite.measure.backends import get_backend
 from suite.measure.harness import LatencyResult, UnstableMeasurementWarning, measure
-from suite.measure.profiles import REFERENCE_DIR, Profile
+from suite.measure.profiles import REFERENCE_DIR, Profile, measurement_resources
 
 Segment = tuple[int, int]
 Progress = Callable[[int, int], None]
@@ -232,10 +239,12 @@ def build_table(
     rule: MergeRule = "upstream",
     cache: TableCache | None = None,
     progress: Progress | None = None,
+    map_items: MapItems = serial_map,
 ) -> LatencyTable:
     """Measure (or replay, or read from ``cache``) T(i, j) for every valid segment of ``chain``.
 
-    ``progress(done, total)`` is called as distinct segment signatures are resolved.
+    ``progress(done, total)`` is called as distinct segment signatures are resolved. The missing
+    ones are measured as work items through ``map_items`` (default: here, one after another).
     """
     if rule not in MERGE_RULES:
         raise DepthbenchError(f"unknown merge rule {rule!r}: use one of {', '.join(MERGE_RULES)}")
@@ -252,26 +261,7 @@ def build_table(
         return table
     get_backend(profile.backend).check_available(profile)
     signatures = {s: segment_signature(chain, *s, profile.batch) for s in segments}
-    distinct = {sig.key: sig for sig in signatures.values()}
-    found, corrupt = cache.read(profile.hash, list(distinct)) if cache else ({}, [])
-    for key in corrupt:
-        warnings.warn(
-            f"latency cache {cache.path}: the row for profile {profile.hash}, segment {key} failed "
-            "its checksum; measuring it again",
-            CorruptCacheRowWarning,
-            stacklevel=2,
-        )
-    cached = len(found)
-    missing = [key for key in distinct if key not in found]
-    with tempfile.TemporaryDirectory(prefix="depthbench-table-") as workdir:
-        for done, key in enumerate(missing):
-            if progress:
-                progress(cached + done, len(distinct))
-            found[key] = _measure_segment(distinct[key], profile, Path(workdir))
-            if cache:
-                cache.write(profile.hash, key, found[key])
-    if progress:
-        progress(len(distinct), len(distinct))
+    found, cached, measured, corrupt = _resolve(signatures, profile, cache, progress, map_items)
     unstable = tuple(s for s, sig in signatures.items() if not found[sig.key].stable)
     if unstable:
         warnings.warn(
@@ -287,9 +277,9 @@ def build_table(
         rule=rule,
         latency_ms={s: found[sig.key].median_ms for s, sig in signatures.items()},
         unstable=unstable,
-        measured=len(missing),
+        measured=measured,
         cached=cached,
-        remeasured=len(corrupt),
+        remeasured=corrupt,
     )
 
 
@@ -298,17 +288,33 @@ def measure_signatures(
     profile: Profile,
     cache: TableCache | None = None,
     progress: Progress | None = None,
+    map_items: MapItems = serial_map,
 ) -> dict[Hashable, SegmentLatency]:
     """The latency of each signature's standalone conv under ``profile`` (measuring profiles only),
     read from ``cache`` when it holds an intact row, else measured and cached; ``progress(done,
     total)`` counts distinct signatures. For tables keyed by more than a segment (LayerMerge's
-    options); corrupt rows are measured again with a ``CorruptCacheRowWarning``."""
+    options); corrupt rows are measured again with a ``CorruptCacheRowWarning``. Missing
+    signatures are measured as work items through ``map_items``, like ``build_table``'s."""
     if profile.is_replay:
         raise DepthbenchError(
             f"profile {profile.name!r} replays a table of whole segments and measures nothing;"
             " use a measuring profile"
         )
     get_backend(profile.backend).check_available(profile)
+    found, *_ = _resolve(signatures, profile, cache, progress, map_items)
+    return {name: found[sig.key] for name, sig in signatures.items()}
+
+
+def _resolve(
+    signatures: Mapping[Hashable, SegmentSignature],
+    profile: Profile,
+    cache: TableCache | None,
+    progress: Progress | None,
+    map_items: MapItems,
+) -> tuple[dict[str, SegmentLatency], int, int, int]:
+    """The latency of every distinct signature: cached intact rows, the rest measured as items
+    (``map_items``, each holding the profile's measuring slot) and cached here as they arrive.
+    Returns them by signature key, with how many were cached, measured and corrupt."""
     distinct = {sig.key: sig for sig in signatures.values()}
     found, corrupt = cache.read(profile.hash, list(distinct)) if cache else ({}, [])
     for key in corrupt:
@@ -316,19 +322,33 @@ def measure_signatures(
             f"latency cache {cache.path}: the row for profile {profile.hash}, segment {key} failed "
             "its checksum; measuring it again",
             CorruptCacheRowWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    missing = [key for key in distinct if key not in found]
-    with tempfile.TemporaryDirectory(prefix="depthbench-table-") as workdir:
-        for done, key in enumerate(missing):
-            if progress:
-                progress(len(distinct) - len(missing) + done, len(distinct))
-            found[key] = _measure_segment(distinct[key], profile, Path(workdir))
-            if cache:
-                cache.write(profile.hash, key, found[key])
+    cached = len(found)
+    missing = [(key, sig) for key, sig in distinct.items() if key not in found]
     if progress:
-        progress(len(distinct), len(distinct))
-    return {name: found[sig.key] for name, sig in signatures.items()}
+        progress(cached, len(distinct))
+    measured = map_items(SegmentMeasurer(profile), missing, measurement_resources(profile))
+    for key, latency in measured:
+        found[key] = latency
+        if cache:
+            cache.write(profile.hash, key, latency)
+        if progress:
+            progress(len(found), len(distinct))
+    return found, cached, len(missing), len(corrupt)
+
+
+@dataclass(frozen=True)
+class SegmentMeasurer:
+    """One work item of a table: ``(key, signature)`` -> ``(key, latency)``, measured wherever it
+    runs (on a node holding the profile's slot under Ray); the caller caches the result."""
+
+    profile: Profile
+
+    def __call__(self, item: tuple[str, SegmentSignature]) -> tuple[str, SegmentLatency]:
+        key, signature = item
+        with tempfile.TemporaryDirectory(prefix="depthbench-segment-") as workdir:
+            return key, _measure_segment(signature, self.profile, Path(workdir))
 
 
 def _measure_segment(
