@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,14 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from suite.errors import DepthbenchError
 
@@ -87,13 +95,16 @@ def user_errors() -> Iterator[None]:
 class Steps:
     """Progress of named steps, called as ``steps(what, done, total)``.
 
-    With ``bars`` (a terminal), each step is a rich bar; without, a step is logged when it
-    starts, at every further tenth of its total and when it ends.
+    With ``bars`` (a terminal), each step is a rich bar with its time left; without, a step is
+    logged when it starts, at every further tenth of its total and when it ends, with an ETA from
+    its rate so far (what was already done when the step first reported, e.g. cached entries,
+    does not count towards the rate).
     """
 
     def __init__(self, bars: Progress | None) -> None:
         self.bars = bars
         self._tasks: dict[str, int] = {}  # step -> its bar, or the last tenth logged
+        self._began: dict[str, tuple[float, int]] = {}  # step -> (when, done) at its first report
 
     def __call__(self, what: str, done: int, total: int | None) -> None:
         if self.bars is not None:
@@ -103,17 +114,35 @@ class Steps:
             return
         if not total:
             return  # nothing to count yet
+        began, done_then = self._began.setdefault(what, (time.monotonic(), done))
         tenth = min(10, done * 10 // total)
         if self._tasks.get(what) == tenth:
             return
         self._tasks[what] = tenth
-        logger.info("%s: %d/%d (%d%%)", what, done, total, 100 * done // total)
+        eta = ""
+        if done_then < done < total:
+            rate = (time.monotonic() - began) / (done - done_then)
+            eta = f", ETA {duration(rate * (total - done))}"
+        logger.info("%s: %d/%d (%d%%)%s", what, done, total, 100 * done // total, eta)
 
     def end(self, what: str) -> None:
         """Remove the step's bar; it counts from the start if it comes again."""
         task = self._tasks.pop(what, None)
+        self._began.pop(what, None)
         if self.bars is not None and task is not None:
             self.bars.remove_task(task)
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 @contextmanager
@@ -128,6 +157,7 @@ def step_progress() -> Iterator[Steps]:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
         console=terminal,
         transient=True,
     )

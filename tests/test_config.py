@@ -180,3 +180,14 @@ def test_profiles_are_found_on_the_profile_path(tmp_path, monkeypatch):
     experiment = load_experiment(write(tmp_path, with_field(("profiles",), ["test-cpu-fast"])))
 
     assert experiment.profiles == ["test-cpu-fast"]
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[path.name for path in SHIPPED])
+def test_every_shipped_config_loads(path):
+    experiment = load_experiment(path)
+
+    assert experiment.name == path.stem
+    assert experiment.methods and experiment.budgets and experiment.profiles

@@ -21,7 +21,9 @@ single-conv entries) from every entry. Those means are negative at full fidelity
 constant bonus per segment that favours keeping activations. Upstream's α: 1.6 (MobileNetV2-1.0),
 1.2 (MobileNetV2-1.4), 1.4 (VGG19).
 
-Each entry is cached as one JSON file as soon as it is scored, under a directory keyed by the
+Entries are independent work items (``suite.core.items``): under Ray they are scored on any node
+with a free CPU core (or GPU, for a network on CUDA) and their scores come back to the caller.
+Each entry is cached as one JSON file as soon as its score arrives, under a directory keyed by the
 base weights, the data, the fidelity and (at full fidelity) the recipe. An interrupted table
 resumes from there without measuring a stored entry again.
 """
@@ -41,6 +43,7 @@ from torch import nn
 from methods.dp_depth.solver import Entry, Segment, measured_entries
 from suite.core.budget import Fidelity
 from suite.core.chain import Chain
+from suite.core.items import MapItems, Resources, serial_map
 from suite.core.plan import Plan
 from suite.core.realize import TrainableNetwork, trainable_network
 from suite.core.trace import TracedModel
@@ -171,12 +174,15 @@ def importance_table(
     cache_dir: Path,
     progress: Progress | None = None,
     build: EntryBuilder = entry_network,
+    map_items: MapItems = serial_map,
 ) -> ImportanceTable:
     """Measure (or read from the cache) every entry of ``entries`` for the base network ``traced``.
 
     ``recipe`` is the short fine-tune of each entry (unused at ``smoke`` fidelity); each missing
     entry is cached as soon as it is scored, so an interrupted table resumes where it stopped.
-    ``build`` makes an entry's network (another method's entries: LayerMerge's).
+    ``build`` makes an entry's network (another method's entries: LayerMerge's). The missing
+    entries are scored as work items through ``map_items`` (default: here, one after another),
+    each asking for ``entry_resources``; their scores come back here, where they are cached.
     """
     cache = EntryCache(table_cache_dir(cache_dir, traced, data, recipe, fidelity))
     scores = {entry: score for entry in entries if (score := cache.read(entry)) is not None}
@@ -187,7 +193,7 @@ def importance_table(
     if missing:
         base = evaluate(traced.model, data.holdout, placement=recipe.placement)
         scorer = EntryScorer(traced, data, recipe, fidelity, base, build)
-        for entry, score in map(scorer, missing):
+        for entry, score in map_items(scorer, missing, entry_resources(traced)):
             cache.write(entry, score)
             scores[entry] = score
             if progress:
@@ -195,6 +201,13 @@ def importance_table(
     return ImportanceTable(
         {entry: scores[entry] for entry in entries}, fidelity, len(missing), cached
     )
+
+
+def entry_resources(traced: TracedModel) -> Resources:
+    """What scoring one entry needs: a GPU when the base network (and so every entry network
+    built from it) lives on one, else one CPU core (an entry's fine-tune is small)."""
+    on_gpu = next(traced.model.parameters()).device.type == "cuda"
+    return {"GPU": 1} if on_gpu else {"CPU": 1}
 
 
 def normalise(importance: dict[Entry, float], alpha: float) -> dict[Entry, float]:

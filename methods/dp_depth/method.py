@@ -176,6 +176,7 @@ def measure_importance(ctx: PlanContext, config: DpDepthConfig) -> ImportanceTab
         config.importance_fidelity or ctx.fidelity,
         importance_cache_dir(ctx),
         progress=lambda done, total: ctx.report("importance table", done, total),
+        map_items=ctx.map_items,
     )
 
 

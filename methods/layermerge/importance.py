@@ -34,6 +34,7 @@ from methods.dp_depth.importance import (
 from methods.layermerge.options import Option, kept_units, segment_options
 from suite.core.budget import Fidelity
 from suite.core.chain import Chain
+from suite.core.items import MapItems, serial_map
 from suite.core.plan import Plan
 from suite.core.realize import TrainableNetwork, trainable_network
 from suite.core.trace import TracedModel
@@ -92,8 +93,10 @@ def measure(
     cache_dir: Path,
     recipe: FinetuneRecipe = UPSTREAM_RECIPE,
     progress: Callable[[int, int], None] | None = None,
+    map_items: MapItems = serial_map,
 ) -> ImportanceTable:
-    """Δ top-1 and Δ loss of every option's network, measured or read from ``cache_dir``."""
+    """Δ top-1 and Δ loss of every option's network, measured (as work items, through
+    ``map_items``) or read from ``cache_dir``."""
     return importance_table(
         traced,
         data,
@@ -103,6 +106,7 @@ def measure(
         cache_dir,
         progress=progress,
         build=option_network,
+        map_items=map_items,
     )
 
 

@@ -121,6 +121,7 @@ def plan_layermerge(ctx: PlanContext, budget: Budget, config: LayerMergeConfig) 
         importance_cache_dir(ctx),
         config.importance_recipe,
         progress=lambda done, total: ctx.report("importance table", done, total),
+        map_items=ctx.map_items,
     )
     tables = Tables(ctx.chain, options, latency, importance(scores), scores.fidelity)
     # 3-4. the DP and the plan, at T0 = the budget or searched to meet it
@@ -155,6 +156,7 @@ def option_latencies(ctx: PlanContext, options: list[Option]) -> dict[Key, float
         ctx.profile,
         cache,
         progress=lambda done, total: ctx.report("latency table", done, total),
+        map_items=ctx.map_items,
     )
     return {key: latency.median_ms for key, latency in measured.latency.items()}
 

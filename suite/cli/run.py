@@ -293,9 +293,8 @@ def _run_row(folder: Path) -> dict:
 
 
 def _executor(name: ExecutorName, address: str | None, experiment: Experiment) -> Executor:
-    from suite.measure.profiles import load_profile
+    from suite.measure.profiles import load_profile, measurement_resources
     from suite.run.executors import InProcessExecutor, RayExecutor
-    from suite.run.grid import measurement_resources
 
     if name is ExecutorName.inprocess:
         if address is not None:

@@ -11,6 +11,9 @@ The context carries the measuring as three functions the run wires in
 ``table_protocol``, ``confirm`` times it under the full ``protocol``, ``tables`` builds a latency
 table. So the contract depends on nothing but the core; the profile, data and recipe are only
 passed through to the method.
+A fourth, ``map_items`` (``suite.core.items``), runs a table's independent items (importance
+entries, latency segments): serially here by default, spread over a Ray cluster under
+``--executor ray``.
 
 Budgets are met by *measured* latency, in two steps. Candidates are *screened* under
 ``table_protocol``: a method may try dozens of plans, and the full protocol on each would make a
@@ -44,6 +47,7 @@ from torch import nn
 
 from suite.core.budget import Budget, Fidelity
 from suite.core.chain import Chain, MergeRule
+from suite.core.items import MapItems, serial_map
 from suite.core.plan import Plan
 from suite.core.realize import TrainableNetwork, deploy_network, trainable_network
 from suite.core.trace import TracedModel
@@ -84,6 +88,7 @@ class PlanContext:
     seed: int = 0
     cache_dir: Path | None = None  # the run's cache folder; None: the user cache
     progress: Progress | None = None
+    map_items: MapItems = serial_map  # how a table's items run (suite.core.items)
     _measured: dict = field(default_factory=dict, repr=False)
     _confirmed: dict = field(default_factory=dict, repr=False)
     _tables: dict = field(default_factory=dict, repr=False)

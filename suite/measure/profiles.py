@@ -422,3 +422,12 @@ def derive_profile(profile: Profile, replacements: Mapping[str, Any]) -> Profile
         raise DepthbenchError(
             f"profile {profile.name!r} with {changes} is not valid: {problems}"
         ) from None
+
+
+def measurement_resources(profile: Profile) -> dict[str, float]:
+    """The Ray custom resource every measurement under ``profile`` holds: ``profile:<name>``.
+
+    A node that stands for the profile advertises one unit of it, so it measures one thing at a
+    time (a cell's network, or one latency-table segment) and no other node measures for it.
+    """
+    return {f"profile:{profile.name}": 1}

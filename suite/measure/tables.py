@@ -29,6 +29,12 @@ the row), measured again and replaced. A cache file that is not an SQLite databa
 aside (``<name>.corrupt-<time>``, with a warning naming both paths) and a new cache is started, so
 a damaged cache costs measurements, never results.
 
+Distribution: the missing segments are work items (``suite.core.items``): each measures one
+segment where it runs and returns the number; the caller writes the cache as results arrive. Under
+Ray each holds the profile's measuring slot (``measurement_resources``), so only the nodes that
+stand for the profile measure, one segment at a time per node. A table interrupted anywhere
+resumes from the rows already written.
+
 Replay profiles answer from an upstream table instead of measuring, after checking that the
 table's rows are exactly the chain's valid segments and that the chain is the network the table
 was measured on (``replay.model`` at ``replay.width``; the profile fixes resolution and batch).
@@ -65,6 +71,7 @@ from torch import nn
 
 from suite.core.chain import MERGE_RULES, Chain, ConvSpec, MergeRule
 from suite.core.export import write_conv_onnx
+from suite.core.items import MapItems, serial_map
 from suite.core.trace import TracedModel, model_label
 from suite.errors import DepthbenchError
 from suite.measure.backends import get_backend
@@ -74,7 +81,7 @@ from suite.measure.harness import (
     measure,
     session_interval,
 )
-from suite.measure.profiles import REFERENCE_DIR, Profile, TableMethod
+from suite.measure.profiles import REFERENCE_DIR, Profile, TableMethod, measurement_resources
 
 Segment = tuple[int, int]
 Progress = Callable[[int, int], None]
@@ -296,10 +303,12 @@ def build_table(
     rule: MergeRule = "upstream",
     cache: TableCache | None = None,
     progress: Progress | None = None,
+    map_items: MapItems = serial_map,
 ) -> LatencyTable:
     """Measure (or replay, or read from ``cache``) T(i, j) for every valid segment of ``chain``.
 
-    ``progress(done, total)`` is called as distinct segment signatures are resolved.
+    ``progress(done, total)`` is called as distinct segment signatures are resolved. The missing
+    ones are measured as work items through ``map_items`` (default: here, one after another).
     """
     if rule not in MERGE_RULES:
         raise DepthbenchError(f"unknown merge rule {rule!r}: use one of {', '.join(MERGE_RULES)}")
@@ -315,7 +324,7 @@ def build_table(
             progress(len(segments), len(segments))
         return table
     signatures = {s: segment_signature(chain, *s, profile.batch) for s in segments}
-    measured = measure_signatures(signatures, profile, cache, progress)
+    measured = measure_signatures(signatures, profile, cache, progress, map_items)
     unstable = tuple(s for s, latency in measured.latency.items() if not latency.stable)
     if unstable:
         warnings.warn(
@@ -355,11 +364,14 @@ def measure_signatures(
     profile: Profile,
     cache: TableCache | None = None,
     progress: Progress | None = None,
+    map_items: MapItems = serial_map,
 ) -> Measured:
     """The latency of each signature's conv + activation under ``profile``'s table protocol and
     ``table_method`` (measuring profiles only), read from ``cache`` when it holds an intact row,
     else measured and cached; ``progress(done, total)`` counts distinct signatures. Corrupt rows
-    are measured again with a ``CorruptCacheRowWarning``."""
+    are measured again with a ``CorruptCacheRowWarning``. Missing signatures are measured as work
+    items through ``map_items`` (each holding the profile's measuring slot) and cached here as they
+    arrive."""
     if profile.is_replay:
         raise DepthbenchError(
             f"profile {profile.name!r} replays a table of whole segments and measures nothing;"
@@ -377,16 +389,17 @@ def measure_signatures(
             stacklevel=3,
         )
     cached = len(found)
-    missing = [key for key in distinct if key not in found]
-    with tempfile.TemporaryDirectory(prefix="depthbench-table-") as workdir:
-        for done, key in enumerate(missing):
-            if progress:
-                progress(cached + done, len(distinct))
-            found[key] = _measure_segment(distinct[key], profile, Path(workdir))
-            if cache:
-                cache.write(profile.hash, key, found[key])
+    missing = [(key, sig) for key, sig in distinct.items() if key not in found]
     if progress:
-        progress(len(distinct), len(distinct))
+        progress(cached, len(distinct))
+    for key, latency in map_items(
+        SegmentMeasurer(profile), missing, measurement_resources(profile)
+    ):
+        found[key] = latency
+        if cache:
+            cache.write(profile.hash, key, latency)
+        if progress:
+            progress(len(found), len(distinct))
     return Measured(
         latency={name: found[cache_key(sig, method)] for name, sig in signatures.items()},
         measured=len(missing),
@@ -394,6 +407,19 @@ def measure_signatures(
         remeasured=len(corrupt),
         overhead_ms=_median_overhead([found[key] for key in distinct]),
     )
+
+
+@dataclass(frozen=True)
+class SegmentMeasurer:
+    """One work item of a table: ``(key, signature)`` -> ``(key, latency)``, measured wherever it
+    runs (on a node holding the profile's slot under Ray); the caller caches the result."""
+
+    profile: Profile
+
+    def __call__(self, item: tuple[str, SegmentSignature]) -> tuple[str, SegmentLatency]:
+        key, signature = item
+        with tempfile.TemporaryDirectory(prefix="depthbench-segment-") as workdir:
+            return key, _measure_segment(signature, self.profile, Path(workdir))
 
 
 def _median_overhead(latencies: list[SegmentLatency]) -> float | None:

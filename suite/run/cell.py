@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from suite.cache import LATENCY_TABLES
 from suite.core.budget import Budget, Fidelity
 from suite.core.chain import Chain, MergeRule
+from suite.core.items import MapItems, serial_map
 from suite.core.method import Infeasible, MethodResult, PlanContext, Progress
 from suite.core.plan import Plan
 from suite.core.realize import DeployNetwork, deploy_network, trainable_network
@@ -61,6 +62,7 @@ def plan_context(
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     base_latency_ms: float | None = None,
+    map_items: MapItems = serial_map,
 ) -> PlanContext:
     """A method's planning context, its measuring wired to the harness under ``profile``.
 
@@ -68,7 +70,9 @@ def plan_context(
     full ``protocol``; latency tables are cached in ``cache_dir`` (none: not cached, as under a
     replay profile). ``base_latency_ms`` is the run's stored full-protocol measurement of the base
     network (``suite.run.baseline``); without one (a single cell, outside a run) the base network
-    is measured under the full protocol the first time a budget needs it, once for this context.
+    is measured under the full protocol the first time a budget needs it, once for this context. ``map_items`` runs
+    the work items of the method's tables (importance entries, latency segments;
+    ``suite.core.items``): the executor's (``Executor.item_map``), or here one after another.
     """
     shape = (3, traced.chain.resolution, traced.chain.resolution)
     cache = TableCache(cache_dir / LATENCY_TABLES) if cache_dir is not None else None
@@ -86,7 +90,7 @@ def plan_context(
         return measure(network, profile, shape, protocol=profile.protocol)
 
     def tables(chain: Chain, rule: MergeRule) -> LatencyTable:
-        return build_table(chain, profile, rule=rule, cache=cache)
+        return build_table(chain, profile, rule=rule, cache=cache, map_items=map_items)
 
     return PlanContext(
         traced=traced,
@@ -101,6 +105,7 @@ def plan_context(
         seed=seed,
         cache_dir=cache_dir,
         progress=progress,
+        map_items=map_items,
     )
 
 

@@ -52,21 +52,22 @@ from typing import Any
 import torch
 
 from suite.cache import BASE_WEIGHTS, LATENCY_TABLES, cache_root
-from suite.console import Steps, logger, step_progress
+from suite.console import Steps, duration, logger, step_progress
 from suite.core.budget import Budget
+from suite.core.items import MapItems, serial_map
 from suite.core.method import PlanContext
 from suite.core.trace import TracedModel, trace_model
 from suite.errors import DepthbenchError
 from suite.measure.backends import get_backend
 from suite.measure.harness import capture_environment
-from suite.measure.profiles import Profile, load_profile
+from suite.measure.profiles import Profile, load_profile, measurement_resources
 from suite.measure.tables import TableCache
 from suite.provenance import code_version, config_hash
 from suite.run.baseline import stored_base_latency
 from suite.run.cell import plan_context, run_cell
 from suite.run.config import DatasetConfig, Experiment
 from suite.run.data import DataSplits, load_data
-from suite.run.executors import Executor, Resources
+from suite.run.executors import Executor
 from suite.run.session import measure_run_sessions, save_deploy
 from suite.run.store import (
     CellRecord,
@@ -159,11 +160,6 @@ def base_identity(experiment: Experiment) -> dict[str, Any]:
     return {"checkpoint_sha256": digest.hexdigest()}
 
 
-def measurement_resources(profile: Profile) -> Resources:
-    """The Ray custom resource a cell under ``profile`` holds while it runs (one unit per node)."""
-    return {f"profile:{profile.name}": 1}
-
-
 @functools.lru_cache(maxsize=1)
 def experiment_data(dataset: DatasetConfig) -> DataSplits:
     """The experiment's data, loaded once per process (the driver's, or each Ray lane's)."""
@@ -224,9 +220,10 @@ class CellRunner:
     run_id: str
     code_version: str
     cache_dir: Path  # latency tables and importance entries
-    progress: StepProgress | None = None  # only where the cells run in the caller's process
-    started: Callable[[Cell], None] | None = None  # likewise
+    progress: StepProgress | None = None  # the run's display, or a relay to it (Ray lanes)
+    started: Callable[[Cell], None] | None = None  # only where cells run in the caller's process
     run_dir: Path | None = None  # results/<run_id>: ok cells' deploy networks are saved there
+    map_items: MapItems = serial_map  # how cells' table items run (the executor's item_map)
     _contexts: dict[tuple[str, int], PlanContext] = field(default_factory=dict, repr=False)
 
     def __call__(self, cell: Cell) -> CellRecord:
@@ -289,6 +286,7 @@ class CellRunner:
                 seed=cell.seed,
                 cache_dir=self.cache_dir,
                 base_latency_ms=cell.base_latency_ms,
+                map_items=self.map_items,
             )
         context = self._contexts[key]
         if self.progress is not None:
@@ -346,8 +344,9 @@ def run_experiment(
             if mine:
                 cell_runner = make_cell_runner(experiment, run_id, display.step)
                 cell_runner.run_dir = store.root / run_id
+                cell_runner.progress = executor.relay(display.step)
                 if executor.in_process:
-                    cell_runner.progress, cell_runner.started = display.step, display.cell_started
+                    cell_runner.started = display.cell_started
                 for profile, profile_cells in _by_profile(mine):
                     base = stored_base_latency(
                         store.root / run_id,
@@ -357,6 +356,7 @@ def run_experiment(
                     )
                     profile_cells = [cell.with_base(base) for cell in profile_cells]
                     resources = measurement_resources(profile)
+                    cell_runner.map_items = executor.item_map(resources)
                     for record in executor.map(cell_runner, profile_cells, resources):
                         _store(store, record)
                         store.release(run_id, record.cell_hash)
@@ -494,14 +494,14 @@ class _Display:
         left = self.todo - self.finished
         eta = (now - self.begun) / self.finished * left  # the rate so far, parallel lanes included
         begun = self.cell_begun.pop(record.cell_hash, None)
-        took = f" in {_duration(now - begun)}" if begun is not None else ""
+        took = f" in {duration(now - begun)}" if begun is not None else ""
         budget = (
             "" if record.method == ORIGINAL else f" @ {record.budget.kind} {record.budget.value:g}"
         )
         logger.info(
             "cell %d/%d finished: %s%s · %s · seed %d: %s%s; cells left: %d, ETA %s",
             self.finished, self.todo, record.method, budget, record.profile_name, record.seed,
-            record.status, took, left, _duration(eta),
+            record.status, took, left, duration(eta),
         )  # fmt: skip
         if record.status == "failed":
             first_line = (record.reason or "").splitlines()[0]  # the record keeps all of it
@@ -514,15 +514,3 @@ class _Display:
     def _count(self) -> None:
         if self.steps.bars is not None:  # without a terminal, the cell lines say as much
             self.steps("cells", self.total - self.todo + self.finished, self.total)
-
-
-def _duration(seconds: float) -> str:
-    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
