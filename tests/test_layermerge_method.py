@@ -15,11 +15,12 @@ import torch
 from torch.utils.data import Subset
 from torchvision.models import MobileNetV2, vgg11_bn
 
-from methods.layermerge.importance import CACHE_NAME, l1_norms
+from methods.layermerge.importance import l1_norms
 from methods.layermerge.importance import measure as measure_importance
 from methods.layermerge.method import (
     LayerMergeConfig,
     Tables,
+    importance_cache_dir,
     option_latencies,
     plan_at,
     plan_layermerge,
@@ -85,7 +86,7 @@ def test_a_table_budget_plan_equals_solve_on_the_same_tables(ctx, workdir):
     result = plan_layermerge(ctx, Budget(kind="table", value=t0), SMOKE)
     # the same tables, read back from the caches the method filled
     latency = option_latencies(ctx, options)
-    scores = measure_importance(ctx.traced, ctx.data, options, "smoke", workdir / CACHE_NAME)
+    scores = measure_importance(ctx.traced, ctx.data, options, "smoke", importance_cache_dir(ctx))
     assert scores.cached == len(options) == len(latency)
     entries = [
         Entry(o.start, o.end, o.key[2:], latency[o.key], math.exp(scores.top1_delta[o.key] / 100))
