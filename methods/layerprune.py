@@ -55,7 +55,7 @@ from suite.errors import DepthbenchError
 from suite.run.data import train_loader
 
 PAPER = "Elkerdawy et al., ACCV 2020: To Filter Prune, or to Layer Prune, That Is The Question"
-SMOKE_BATCHES = 2
+BATCHES = {"smoke": 2, "quick": 20}  # criteria mini-batches below full fidelity (full: batches)
 
 Criterion = Literal["taylor_gate", "weight_magnitude", "bn_scale"]
 
@@ -169,7 +169,7 @@ def plan_layerprune(ctx: PlanContext, budget: Budget, config: LayerPruneConfig) 
     """Candidates → criteria → importance → prune the least important first (steps 1-4)."""
     chain = ctx.chain
     blocks = candidates(chain)
-    batches = SMOKE_BATCHES if ctx.fidelity == "smoke" else config.batches
+    batches = BATCHES.get(ctx.fidelity, config.batches)
     gated = sorted({p for block in blocks for p in block.gated})
     criteria = filter_criteria(ctx, config.criterion, gated, batches)
     importance = [block_importance(block, criteria) for block in blocks]
