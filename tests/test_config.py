@@ -48,7 +48,7 @@ def test_default_config_is_the_documented_benchmark():
     assert (experiment.model.name, experiment.model.width) == ("mobilenet_v2", 0.5)
     assert (experiment.dataset.name, experiment.dataset.resolution) == ("digits", 32)
     assert [m.name for m in experiment.methods] == [spec.name for spec in list_methods()]
-    assert experiment.budgets == [Budget(kind="fraction", value=v) for v in (0.9, 0.8, 0.7, 0.6)]
+    assert experiment.budgets == [Budget(kind="fraction", value=0.7)]
     assert experiment.profiles == ["cpu-onnxruntime"]
     assert experiment.seeds == [0, 1, 2] and experiment.fidelity == "quick"
     assert experiment.base.train is not None and experiment.base.checkpoint is None
@@ -71,6 +71,7 @@ def test_the_cpu_benchmark_is_the_default_run_with_more_seeds_and_a_longer_fine_
         default.methods,
     )
     assert len(benchmark.seeds) == 5 and benchmark.fidelity in ("quick", "full")
+    assert len(benchmark.budgets) == 4 > len(default.budgets)
     assert benchmark.finetune.steps > default.finetune.steps
 
 

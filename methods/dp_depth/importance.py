@@ -64,7 +64,7 @@ UPSTREAM_RECIPE = FinetuneRecipe(
     epochs=1, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-5, batch_size=256
 )
 QUICK_STEPS = 4  # optimiser steps of each entry's fine-tune at quick fidelity
-QUICK_BATCH = 64  # images per step at quick fidelity: 256 images per entry in all
+QUICK_BATCH = 32  # images per step at quick fidelity: 128 images per entry in all
 
 
 def entry_recipe(fidelity: Fidelity, recipe: FinetuneRecipe) -> FinetuneRecipe | None:
