@@ -62,7 +62,7 @@ from suite.core.registry import applies_where, register_method
 from suite.run.train import finetune, finetune_steps
 
 PAPER = "Li, Wang, Kong, AAAI 2018: DeepRebirth: Accelerating DNN Execution on Mobile Devices"
-SMOKE_LAYERWISE_STEPS = 2
+SMOKE_LAYERWISE_STEPS = 2  # per new layer at smoke fidelity; quick and full: layerwise_epochs
 
 UNSUPPORTED = "it has no pool to absorb, no block and no pair of adjacent convs to replace"
 

@@ -80,6 +80,7 @@ MOBILENET_V2_BLOCKS = 17
 STEM_CHANNELS = {1.4: 48, 1.0: 32}
 INITIAL_SCORE = 0.5
 SMOKE_SEARCH_STEPS = 5
+QUICK_SEARCH_EPOCHS = 1.0  # at least one epoch of the training split, whatever search_epochs says
 UNSUPPORTED = (
     "it has no blocks: DepthShrinker decides per inverted-residual (or residual) block, and a "
     "plain chain of convs such as VGG has none"
@@ -146,7 +147,7 @@ def plan_depthshrinker(
     savings = block_savings(ctx, blocks)
     needed = 1000 * (1 - ctx.target_ms(budget) / ctx.base_latency_ms())
     keep = len(blocks) - _blocks_to_shrink(savings, needed)
-    steps = _search_steps(ctx, config)
+    steps = search_steps(ctx, config)
     scores, cost = search_keep_scores(ctx, blocks, savings, keep, steps, config.latency_weight)
     ranking = keep_ranking(scores)
     what = "depthshrinker, shrinking blocks along the learned ranking"
@@ -233,11 +234,14 @@ def _blocks_to_shrink(savings: list[float], needed: float) -> int:
     return count
 
 
-def _search_steps(ctx: PlanContext, config: DepthShrinkerConfig) -> int:
+def search_steps(ctx: PlanContext, config: DepthShrinkerConfig) -> int:
+    """Step 2's length by fidelity: ``SMOKE_SEARCH_STEPS`` (smoke), ``QUICK_SEARCH_EPOCHS`` of
+    the training split (quick), ``search_epochs`` of it (full), in batches of the recipe's size."""
     if ctx.fidelity == "smoke":
         return SMOKE_SEARCH_STEPS
+    epochs = {"quick": QUICK_SEARCH_EPOCHS, "full": config.search_epochs}[ctx.fidelity]
     batches = len(train_loader(ctx.data.train, ctx.recipe.batch_size, ctx.seed))
-    return math.ceil(config.search_epochs * batches)
+    return math.ceil(epochs * batches)
 
 
 def search_keep_scores(

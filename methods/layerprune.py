@@ -70,7 +70,7 @@ from suite.run.data import eval_loader, train_loader
 from suite.run.train import train_batches
 
 PAPER = "Elkerdawy et al., ACCV 2020: To Filter Prune, or to Layer Prune, That Is The Question"
-SMOKE_BATCHES = 2
+BATCHES = {"smoke": 2, "quick": 20}  # criteria mini-batches below full fidelity (full: batches)
 
 FilterCriterion = Literal["taylor_gate", "weight_magnitude", "bn_scale"]
 Criterion = Literal["taylor_gate", "weight_magnitude", "bn_scale", "imprinting", "ensemble"]
@@ -311,7 +311,7 @@ def plan_layerprune(ctx: PlanContext, budget: Budget, config: LayerPruneConfig) 
     """Candidates → importance → rank → prune the least important first (steps 1-4)."""
     chain = ctx.chain
     blocks = candidates(chain)
-    batches = SMOKE_BATCHES if ctx.fidelity == "smoke" else config.batches
+    batches = BATCHES.get(ctx.fidelity, config.batches)
     spent = Spent()
     scores = importance(ctx, blocks, config.criterion, batches, spent)
     what = f"layerprune, removing up to all {len(blocks)} candidate blocks"

@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from methods.depthshrinker import train_gates
-from suite.core.budget import Budget
+from suite.core.budget import Budget, Fidelity
 from suite.core.chain import Chain
 from suite.core.method import MethodResult, PlanContext, walk_ranking
 from suite.core.plan import Plan
@@ -57,8 +57,11 @@ from suite.run.data import stratified_subset, train_loader
 from suite.run.train import evaluate
 
 PAPER = "Kundu et al., CVPRW 2023: Making Models Shallow Again (ReLU sensitivity, shallow blocks)"
+# Step 2's effort below full fidelity (full: the config's holdout_images and alpha_epochs).
 SMOKE_HOLDOUT_IMAGES = 256
+QUICK_HOLDOUT_IMAGES = 2_000  # at most; a class-stratified sample like full's
 SMOKE_ALPHA_STEPS = 5
+QUICK_ALPHA_EPOCHS = 1.0  # at most: the default alpha_epochs, a cheap search already
 
 UNSUPPORTED = "it has no activation inside a block that a merge could remove"
 
@@ -98,7 +101,7 @@ def candidates(chain: Chain) -> list[int]:
 def sensitivity_holdout(ctx: PlanContext, config: ReluReductionConfig) -> Dataset:
     """The held-out images step 2 scores on: a seeded, class-stratified sample of the holdout
     (ImageFolder lists images class by class, so its first images would be a few classes)."""
-    images = SMOKE_HOLDOUT_IMAGES if ctx.fidelity == "smoke" else config.holdout_images
+    images = holdout_images(ctx.fidelity, config)
     return stratified_subset(ctx.data.holdout, images, ctx.seed)
 
 
@@ -136,7 +139,7 @@ def learned_alphas(
     def penalty() -> torch.Tensor:
         return config.alpha_penalty * gates().sum()
 
-    steps = _alpha_steps(ctx, config)
+    steps = alpha_steps(ctx, config)
     gated = {p: index for index, p in enumerate(positions)}
     cost = train_gates(ctx, gated, gates, alpha, penalty, steps, "relu-reduction learned α")
     return alpha.detach().tolist(), cost
@@ -191,8 +194,19 @@ def plan_relu_reduction(
     return MethodResult(plan, meta=meta)
 
 
-def _alpha_steps(ctx: PlanContext, config: ReluReductionConfig) -> int:
+def holdout_images(fidelity: Fidelity, config: ReluReductionConfig) -> int:
+    """The sensitivity's sample size by fidelity (the holdout split may hold fewer)."""
+    return {
+        "smoke": SMOKE_HOLDOUT_IMAGES,
+        "quick": min(QUICK_HOLDOUT_IMAGES, config.holdout_images),
+        "full": config.holdout_images,
+    }[fidelity]
+
+
+def alpha_steps(ctx: PlanContext, config: ReluReductionConfig) -> int:
+    """The learned-α training's length by fidelity, in batches of the recipe's size."""
     if ctx.fidelity == "smoke":
         return SMOKE_ALPHA_STEPS
+    epochs = {"quick": min(QUICK_ALPHA_EPOCHS, config.alpha_epochs), "full": config.alpha_epochs}
     batches = len(train_loader(ctx.data.train, ctx.recipe.batch_size, ctx.seed))
-    return math.ceil(config.alpha_epochs * batches)
+    return math.ceil(epochs[ctx.fidelity] * batches)

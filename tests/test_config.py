@@ -11,6 +11,8 @@ from suite.errors import DepthbenchError
 from suite.run.config import CONFIG_DIR, DEFAULT_CONFIG, load_experiment
 
 PROFILES = Path(__file__).parent / "data" / "profiles"
+# the repository's configs/ folder itself (installed as suite.configs, i.e. CONFIG_DIR)
+SHIPPED = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 VALID = {
     "model": {"name": "mobilenet_v2", "width": 0.25},
@@ -41,15 +43,36 @@ def with_field(path: tuple, value: object) -> dict:
 
 
 def test_default_config_is_the_documented_benchmark():
-    experiment = load_experiment(DEFAULT_CONFIG)
+    experiment = load_experiment(SHIPPED[[p.name for p in SHIPPED].index(DEFAULT_CONFIG.name)])
 
     assert (experiment.model.name, experiment.model.width) == ("mobilenet_v2", 0.5)
     assert (experiment.dataset.name, experiment.dataset.resolution) == ("digits", 32)
     assert [m.name for m in experiment.methods] == [spec.name for spec in list_methods()]
-    assert experiment.budgets == [Budget(kind="fraction", value=v) for v in (0.9, 0.8, 0.7, 0.6)]
+    assert experiment.budgets == [Budget(kind="fraction", value=0.7)]
     assert experiment.profiles == ["cpu-onnxruntime"]
-    assert experiment.seeds == [0]
+    assert experiment.seeds == [0, 1, 2] and experiment.fidelity == "quick"
     assert experiment.base.train is not None and experiment.base.checkpoint is None
+
+
+def test_every_shipped_config_loads():
+    names = {path.name for path in SHIPPED}
+    assert {"default.yaml", "cifar10.yaml", "imagenet.yaml", "cpu-benchmark.yaml"} <= names
+    for path in SHIPPED:
+        assert load_experiment(path).name == path.stem
+
+
+def test_the_cpu_benchmark_is_the_default_run_with_more_seeds_and_a_longer_fine_tune():
+    default = load_experiment(SHIPPED[[p.name for p in SHIPPED].index("default.yaml")])
+    benchmark = load_experiment(SHIPPED[[p.name for p in SHIPPED].index("cpu-benchmark.yaml")])
+
+    assert (benchmark.model, benchmark.dataset, benchmark.methods) == (
+        default.model,
+        default.dataset,
+        default.methods,
+    )
+    assert len(benchmark.seeds) == 5 and benchmark.fidelity in ("quick", "full")
+    assert len(benchmark.budgets) == 4 > len(default.budgets)
+    assert benchmark.finetune.steps > default.finetune.steps
 
 
 @pytest.mark.parametrize("name", ["cifar10.yaml", "imagenet.yaml"])
@@ -58,6 +81,12 @@ def test_example_configs_validate(name):
 
     assert experiment.name == Path(name).stem
     assert experiment.dataset.root is not None and experiment.dataset.root.is_absolute()
+
+
+@pytest.mark.parametrize("fidelity", ["smoke", "quick", "full"])
+def test_every_fidelity_is_accepted(tmp_path, fidelity):
+    path = write(tmp_path, with_field(("fidelity",), fidelity))
+    assert load_experiment(path).fidelity == fidelity
 
 
 def test_name_defaults_to_the_file_stem_and_budgets_take_both_forms(tmp_path):
@@ -121,7 +150,7 @@ def test_relative_paths_are_relative_to_the_file(tmp_path):
         (("finetune", "epochs"), 3, "field 'finetune': give the recipe's length as exactly one"),
         (("finetune", "optimizer"), "adam", "allowed here: epochs, steps, lr, momentum"),
         (("base", "checkpoint"), "w.pt", "field 'base': give exactly one of 'checkpoint'"),
-        (("fidelity",), "medium", "field 'fidelity': Input should be 'smoke' or 'full'"),
+        (("fidelity",), "medium", "field 'fidelity': Input should be 'smoke', 'quick' or 'full'"),
         (("seeds",), [1, 1], "field 'seeds': 1 is listed twice; list each once"),
     ],
 )

@@ -11,10 +11,16 @@ padding on the first conv, so the network is exactly what the fused conv would c
 3. it is scored on ``data.holdout``: h = Δ top-1 (percentage points) against the base network;
    Δ loss is kept too.
 
-Fidelity ``smoke`` scores right after the change and skips steps 1 and 2: without training, a
-re-initialised conv scores at chance whatever conv it is, so the entry would measure the data
-set's chance level and not the conv. A smoke single-conv entry with its original end states is
-the base network itself (h = 0), and the others measure removing or adding that one activation.
+The fidelity sets step 2's length (``entry_recipe``, the one place that maps it):
+
+    full   the recipe as given (upstream: 1 epoch at batch 256)
+    quick  steps 1-3 with the recipe cut to ``QUICK_STEPS`` steps of ``QUICK_BATCH`` images each
+           (same lr, momentum, weight decay, KD; its cosine schedule over those steps)
+    smoke  no steps 1 and 2: scored right after the change. Without training a re-initialised
+           conv scores at chance whatever conv it is, so the entry would measure the data set's
+           chance level and not the conv; a smoke single-conv entry with its original end states
+           is the base network itself (h = 0), the others measure removing or adding that one
+           activation. A test setting, not the paper's algorithm.
 
 Normalisation (``normalise``, upstream ``--norm single --alph α``): subtract α·mean(h over the
 single-conv entries) from every entry. Those means are negative at full fidelity, so this is a
@@ -24,7 +30,8 @@ constant bonus per segment that favours keeping activations. Upstream's α: 1.6 
 Entries are independent work items (``suite.core.items``): under Ray they are scored on any node
 with a free CPU core (or GPU, for a network on CUDA) and their scores come back to the caller.
 Each entry is cached as one JSON file as soon as its score arrives, under a directory keyed by the
-base weights, the data, the fidelity and (at full fidelity) the recipe. An interrupted table
+base weights, the data, the fidelity and the recipe its entries were trained with (none at smoke
+fidelity). An interrupted table
 resumes from there without measuring a stored entry again.
 """
 
@@ -59,6 +66,18 @@ EntryBuilder = Callable[[TracedModel, tuple, bool, int], TrainableNetwork]
 UPSTREAM_RECIPE = FinetuneRecipe(
     epochs=1, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-5, batch_size=256
 )
+QUICK_STEPS = 4  # optimiser steps of each entry's fine-tune at quick fidelity
+QUICK_BATCH = 32  # images per step at quick fidelity: 128 images per entry in all
+
+
+def entry_recipe(fidelity: Fidelity, recipe: FinetuneRecipe) -> FinetuneRecipe | None:
+    """Each entry's fine-tune (step 2) at ``fidelity``: ``recipe`` (full), its first
+    ``QUICK_STEPS`` steps of ``QUICK_BATCH`` images (quick), or none at all (smoke, which also
+    skips step 1's re-initialisation)."""
+    quick = recipe.model_copy(
+        update={"epochs": None, "steps": QUICK_STEPS, "batch_size": QUICK_BATCH}
+    )
+    return {"smoke": None, "quick": quick, "full": recipe}[fidelity]
 
 
 class CorruptImportanceEntryWarning(UserWarning):
@@ -150,12 +169,12 @@ class EntryScorer:
     build: EntryBuilder = entry_network  # a module-level function, so that workers can unpickle it
 
     def __call__(self, entry: Entry) -> tuple[Entry, EntryScore]:
-        """Build, (at full fidelity) re-initialise and fine-tune, and score one entry's network."""
-        full = self.fidelity == "full"
-        network = self.build(self.traced, entry, full, self.recipe.seed)
-        if full:
-            teacher = self.traced.model if self.recipe.kd_weight > 0 else None
-            finetune(network, self.data, self.recipe, teacher=teacher)
+        """Build, re-initialise and fine-tune (unless at smoke fidelity), and score one entry."""
+        recipe = entry_recipe(self.fidelity, self.recipe)
+        network = self.build(self.traced, entry, recipe is not None, self.recipe.seed)
+        if recipe is not None:
+            teacher = self.traced.model if recipe.kd_weight > 0 else None
+            finetune(network, self.data, recipe, teacher=teacher)
         accuracy = evaluate(network, self.data.holdout, placement=self.recipe.placement)
         score = EntryScore(
             top1_delta=accuracy.top1 - self.base.top1,
@@ -178,7 +197,8 @@ def importance_table(
 ) -> ImportanceTable:
     """Measure (or read from the cache) every entry of ``entries`` for the base network ``traced``.
 
-    ``recipe`` is the short fine-tune of each entry (unused at ``smoke`` fidelity); each missing
+    ``recipe`` is the short fine-tune of each entry at full fidelity (``entry_recipe`` cuts it
+    at quick, drops it at smoke); each missing
     entry is cached as soon as it is scored, so an interrupted table resumes where it stopped.
     ``build`` makes an entry's network (another method's entries: LayerMerge's). The missing
     entries are scored as work items through ``map_items`` (default: here, one after another),
@@ -228,7 +248,7 @@ def table_cache_dir(
             "data": [data.name, data.resolution, data.num_classes, data.seed],
             "sizes": [len(data.train), len(data.holdout)],
             "fidelity": fidelity,
-            "recipe": recipe if fidelity == "full" else None,
+            "recipe": entry_recipe(fidelity, recipe),
         }
     )
     return Path(root) / key[:24]

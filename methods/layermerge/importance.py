@@ -13,7 +13,10 @@ machinery this reuses: ``methods.dp_depth.importance``, its cache):
 3. it is scored on ``data.holdout`` (never the test split): Δ top-1 in percentage points against
    the base network, and I = exp(Δ top-1 / 100) (upstream ``normalize_imp``; no α).
 
-Fidelity ``smoke`` skips steps 1 and 2 and scores right after the change, like dp-depth's smoke.
+The fidelity sets step 2's length exactly as for dp-depth (``methods.dp_depth.importance.
+entry_recipe``): ``full`` the recipe, ``quick`` its first ``QUICK_STEPS`` steps of
+``QUICK_BATCH`` images (steps 1-3 all run), ``smoke`` no steps 1 and 2 (scored right after the
+change).
 Entries are cached one file each under ``importance/layermerge/`` of the cache, keyed like
 dp-depth's by base weights, data, fidelity and recipe; the file name is the entry's (i, j, K, dw).
 """

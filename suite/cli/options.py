@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from suite.cli.completion import complete_methods, complete_models, complete_profiles
+from suite.core.budget import FIDELITIES
 from suite.errors import DepthbenchError
 
 
@@ -25,9 +26,8 @@ class BudgetKind(StrEnum):
     table = "table"
 
 
-class Fidelity(StrEnum):
-    smoke = "smoke"
-    full = "full"
+# the core's fidelities as a typer choice (smoke, quick, full), so that both list the same names
+Fidelity = StrEnum("Fidelity", [(name, name) for name in FIDELITIES])
 
 
 class OutputFormat(StrEnum):
@@ -101,7 +101,9 @@ TrainDevice = Annotated[
 FidelityOption = Annotated[
     Fidelity,
     typer.Option(
-        "--fidelity", help="full, or smoke: the methods' cheap settings (no fine-tuning)."
+        "--fidelity",
+        help="the methods' search effort: full (the papers' settings), quick (each method's real "
+        "algorithm at reduced effort) or smoke (the cheapest settings, for tests).",
     ),
 ]
 

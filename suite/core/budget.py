@@ -2,14 +2,17 @@
 
 A ``Budget`` is a latency target: a fraction of the base network's measured latency, milliseconds
 of measured latency, or latency-table units (the dp-depth method's T0). ``Fidelity`` is the effort
-every method spends on its own search: ``smoke`` its cheapest setting, ``full`` its paper's.
+every method spends on its own search: ``smoke`` its cheapest setting (for tests: not every
+method's real algorithm), ``quick`` its real algorithm at a reduced effort that each method states
+in one table of its module and on its docs/methods page, ``full`` its paper's settings.
 """
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Fidelity = Literal["smoke", "full"]
+Fidelity = Literal["smoke", "quick", "full"]
+FIDELITIES: tuple[Fidelity, ...] = get_args(Fidelity)  # cheapest first
 
 
 class Budget(BaseModel):

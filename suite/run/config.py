@@ -13,7 +13,7 @@ the hardware profiles, the seeds and the one fine-tuning recipe every method get
     profiles: [cpu-onnxruntime]
     seeds: [0]
     finetune: {steps: 40, lr: 0.02, batch_size: 64}   # amp: true for mixed precision on CUDA
-    fidelity: full
+    fidelity: full                   # or quick, or smoke (tests)
     compute: {device: auto, workers: 4}   # where training runs; optional, not in any hash
 
 Method names, method configs and profiles are checked against the registry and the profile search
@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -42,7 +42,7 @@ from pydantic import (
     model_validator,
 )
 
-from suite.core.budget import Budget
+from suite.core.budget import Budget, Fidelity
 from suite.core.models import KNOWN_MODELS
 from suite.core.registry import get_method, list_methods
 from suite.errors import DepthbenchError
@@ -150,7 +150,7 @@ class Experiment(_Strict):
     profiles: list[str] = Field(["cpu-onnxruntime"], min_length=1)
     seeds: list[int] = Field([0], min_length=1)
     finetune: FinetuneRecipe
-    fidelity: Literal["smoke", "full"] = "full"
+    fidelity: Fidelity = "full"
     compute: Compute = Compute()
 
     @field_validator("name")
