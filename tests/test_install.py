@@ -147,8 +147,8 @@ def make_venv(venv: Path) -> Path:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    running = [
-        p for p in sys.path if p and Path(p).is_dir() and not Path(p).resolve().is_relative_to(ROOT)
-    ]
+    # every entry but the checkout itself: a virtualenv inside the checkout (CI's .nox/shared)
+    # still provides the dependencies
+    running = [p for p in sys.path if p and Path(p).is_dir() and Path(p).resolve() != ROOT]
     (Path(purelib) / "running-environment.pth").write_text("".join(f"{p}\n" for p in running))
     return venv
