@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 import torch
 from google.protobuf.message import DecodeError
+from scipy.stats import binom
 from scipy.stats import t as student_t
 from torch import nn
 
@@ -42,7 +43,6 @@ from suite.errors import DepthbenchError
 from suite.measure.backends import Backend, get_backend
 from suite.measure.profiles import Profile, Protocol, detect_machine
 
-BOOTSTRAP_RESAMPLES = 1000
 CONFIDENCE = 0.95
 # The IQR of a normal distribution is 1.349 standard deviations, so IQR / (1.349 * median) is the
 # CoV that a normal distribution with these quartiles would have. The gate uses this robust CoV:
@@ -103,13 +103,13 @@ class LatencyResult(LatencyStats):
         }
 
 
-def summarize(repeats: Sequence[np.ndarray], seed: int = 0) -> LatencyStats:
+def summarize(repeats: Sequence[np.ndarray]) -> LatencyStats:
     """Statistics of one attempt, given as the samples of each repeat (session).
 
     Everything but the interval is computed over all samples pooled. The 95% interval of the
     median comes from the sessions' medians (``session_interval``); with a single session there is
-    no between-session spread to use, so it falls back to a bootstrap of that session's median
-    (1000 resamples seeded by ``seed``), which reflects only the noise within the session.
+    no between-session spread to use, so it falls back to the order-statistic interval of that
+    session's median (``median_order_interval``), which reflects only the noise within the session.
     """
     repeats = [np.asarray(repeat, dtype=np.float64) for repeat in repeats]
     samples = np.concatenate(repeats) if repeats else np.empty(0)
@@ -120,7 +120,7 @@ def summarize(repeats: Sequence[np.ndarray], seed: int = 0) -> LatencyStats:
         )
     p25, median, p75, p90, p95, p99 = np.percentile(samples, [25, 50, 75, 90, 95, 99])
     if len(repeats) == 1:
-        ci_low, ci_high = _bootstrap_median_interval(samples, seed)
+        ci_low, ci_high = median_order_interval(samples)
     else:
         ci_low, ci_high = session_interval([np.median(repeat) for repeat in repeats])
     mean = samples.mean()
@@ -166,12 +166,19 @@ def session_interval(session_medians: Sequence[float]) -> tuple[float, float]:
     return float(np.exp(logs.mean() - half_width)), float(np.exp(logs.mean() + half_width))
 
 
-def _bootstrap_median_interval(samples: np.ndarray, seed: int) -> tuple[float, float]:
-    resampled = np.random.default_rng(seed).choice(
-        samples, size=(BOOTSTRAP_RESAMPLES, samples.size)
-    )
-    low, high = np.percentile(np.median(resampled, axis=1), [2.5, 97.5])
-    return float(low), float(high)
+def median_order_interval(samples: np.ndarray) -> tuple[float, float]:
+    """Distribution-free 95% confidence interval of the median of i.i.d. ``samples``: the order
+    statistics x_(k) and x_(n+1-k), with k the largest rank such that P(Binomial(n, 1/2) < k)
+    <= 2.5%, so the interval covers the median with probability >= 95% (n = 10: x_(2)..x_(9);
+    n = 100: x_(40)..x_(61)). For n <= 5 no such k exists and it is the whole range.
+
+    A bootstrap of the median says the same for large n but costs a thousand sorts; a latency
+    table's segment has ~7000 samples, and the bootstrap took a third of the table's time.
+    """
+    ordered = np.sort(np.asarray(samples, dtype=np.float64))
+    n = ordered.size
+    k = max(int(binom.ppf((1 - CONFIDENCE) / 2, n, 0.5)), 1)
+    return float(ordered[k - 1]), float(ordered[n - k])
 
 
 def measure(
@@ -226,7 +233,7 @@ def stability_gate(
     best: tuple[list[np.ndarray], LatencyStats] | None = None
     for attempt in range(1, protocol.max_remeasure + 2):
         samples = measure_once()
-        stats = summarize(samples, protocol.seed)
+        stats = summarize(samples)
         if best is None or stats.robust_cov < best[1].robust_cov:
             best = (samples, stats)
         if stats.robust_cov <= protocol.max_cov:

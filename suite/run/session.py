@@ -216,7 +216,7 @@ def measure_run_sessions(
                 name: SessionNetwork(
                     samples_ms=[repeat.tolist() for repeat in repeats],
                     fields=latency_fields(
-                        summarize(repeats, profile.protocol.seed), profile.protocol.max_cov
+                        summarize(repeats), profile.protocol.max_cov
                     ),
                 )
                 for name, repeats in samples.items()
