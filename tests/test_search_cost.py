@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Subset
 from torchvision.models import MobileNetV2
 
-from methods.dp_depth.importance import ImportanceTable
+from methods.dp_depth.importance import QUICK_STEPS, ImportanceTable
 from methods.dp_depth.method import importance_cost
 from suite.core.budget import Budget
 from suite.core.trace import trace
@@ -133,6 +133,7 @@ def test_an_infeasible_cell_records_its_search_cost(counted_context):
 def test_dp_depth_search_steps_are_entries_times_steps_per_entry(data):
     recipe = FinetuneRecipe(epochs=1, batch_size=16)  # 4 steps on the 70 training images
     full = ImportanceTable({}, "full", computed=3, cached=2)
+    quick = ImportanceTable({}, "quick", computed=3, cached=2)
     smoke = ImportanceTable({}, "smoke", computed=3, cached=2)
 
     assert importance_cost(full, recipe, data.train) == {
@@ -140,6 +141,7 @@ def test_dp_depth_search_steps_are_entries_times_steps_per_entry(data):
         "importance_cached": 2,
         "search_steps": (3 + 2) * 4,
     }
+    assert importance_cost(quick, recipe, data.train)["search_steps"] == (3 + 2) * QUICK_STEPS
     assert importance_cost(smoke, recipe, data.train)["search_steps"] == 0
 
 
@@ -155,6 +157,20 @@ def test_a_dp_depth_cell_carries_its_importance_cost(counted_context):
     entries = meta["importance_computed"] + meta["importance_cached"]
     assert entries > 0
     assert outcome.fields["search_steps"] == meta["search_steps"] == entries
+
+
+def test_a_context_reports_its_latency_table_progress(counted_context, data):
+    """dp-depth's table is built through the context's ``tables``: minutes on a real profile, so
+    it must show progress like every other step."""
+    traced = counted_context[0].traced
+    steps = []
+    progress = lambda what, done, total: steps.append((what, done, total))  # noqa: E731
+    ctx = plan_context(traced, load_profile("cpu-costmodel"), data, RECIPE, progress=progress)
+
+    ctx.latency_table()
+
+    assert steps[-1][0] == "latency table"
+    assert steps[-1][1] == steps[-1][2] > 0
 
 
 def stored(method: str, seed: int, **fields) -> CellRecord:

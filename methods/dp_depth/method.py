@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from methods.dp_depth.importance import (
     UPSTREAM_RECIPE,
     ImportanceTable,
+    entry_recipe,
     importance_entries,
     importance_table,
     normalise,
@@ -183,8 +184,10 @@ def measure_importance(ctx: PlanContext, config: DpDepthConfig) -> ImportanceTab
 def importance_cost(table: ImportanceTable, recipe: FinetuneRecipe, train: Dataset) -> dict:
     """The importance table's share of the search cost: its entries computed now and read from
     the cache, and ``search_steps``, the gradient steps the whole table takes (every entry's
-    fine-tune, cached or not, since the cache only spares a repeat), 0 at smoke fidelity."""
-    steps = finetune_steps(recipe, train) if table.fidelity == "full" else 0
+    fine-tune at the table's fidelity, cached or not, since the cache only spares a repeat), 0 at
+    smoke fidelity."""
+    entry = entry_recipe(table.fidelity, recipe)
+    steps = finetune_steps(entry, train) if entry is not None else 0
     return {
         "importance_computed": table.computed,
         "importance_cached": table.cached,

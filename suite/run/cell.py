@@ -90,7 +90,13 @@ def plan_context(
         return measure(network, profile, shape, protocol=profile.protocol)
 
     def tables(chain: Chain, rule: MergeRule) -> LatencyTable:
-        return build_table(chain, profile, rule=rule, cache=cache, map_items=map_items)
+        return build_table(
+            chain, profile, rule, cache, progress=table_progress, map_items=map_items
+        )
+
+    def table_progress(done: int, total: int) -> None:
+        if progress is not None:
+            progress("latency table", done, total)
 
     return PlanContext(
         traced=traced,
