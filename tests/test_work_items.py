@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Subset
 from torchvision.models import MobileNetV2
 
+from methods.dp_depth.importance import importance_entries, importance_table
 from methods.dp_depth.method import DpDepthConfig, measure_importance
 from suite.console import Steps
 from suite.core.items import serial_map
@@ -23,7 +24,7 @@ from suite.core.trace import trace
 from suite.measure.profiles import PROJECT_PROFILE_DIR, load_profile
 from suite.run.cell import plan_context
 from suite.run.data import load_data
-from suite.run.executors import InProcessExecutor, RayItems
+from suite.run.executors import CoreItems, InProcessExecutor, RayItems, usable_cores
 from suite.run.train import FinetuneRecipe
 from tests.conftest import randomize_batchnorm
 
@@ -74,7 +75,37 @@ def context(traced, data, cache_dir, map_items):
 
 def test_the_serial_default_runs_every_item_here_in_order():
     assert list(serial_map(where, [3, 1, 2], {"CPU": 1})) == [(i, os.getpid()) for i in (3, 1, 2)]
-    assert InProcessExecutor().item_map(SLOT) is serial_map
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="a pool of worker processes needs 2 cores")
+def test_the_in_process_executor_runs_cpu_items_in_worker_processes_and_the_rest_here():
+    core_items = InProcessExecutor().item_map(SLOT)
+    here = os.getpid()
+
+    on_cores = list(core_items(where, list(range(6)), {"CPU": 1}))
+    measured = list(core_items(where, [1, 2], SLOT))
+    on_gpu = list(core_items(where, [1, 2], {"GPU": 1}))
+
+    assert sorted(item for item, _ in on_cores) == list(range(6))
+    workers = {pid for _, pid in on_cores}  # how many of them got items depends on timing
+    assert here not in workers and len(workers) <= usable_cores()
+    assert measured == on_gpu == [(1, here), (2, here)]  # the measuring slot stays here
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="a pool of worker processes needs 2 cores")
+def test_an_importance_table_from_worker_processes_equals_the_serial_one(traced, data, tmp_path):
+    """Quick fidelity (each entry re-initialised and fine-tuned): every entry seeds itself, so
+    where it runs does not change its score."""
+    entries = importance_entries(traced.chain.segments("upstream"), traced.chain, False)[::8]
+
+    def table(map_items, folder):
+        recipe = FinetuneRecipe(steps=1, batch_size=16)
+        return importance_table(traced, data, entries, recipe, "quick", folder, map_items=map_items)
+
+    serial = table(serial_map, tmp_path / "serial")
+    pooled = table(CoreItems(), tmp_path / "pooled")
+
+    assert pooled.scores == serial.scores and pooled.computed == len(entries) >= 4
 
 
 def test_items_needing_only_what_the_caller_holds_run_in_the_caller_without_ray():
