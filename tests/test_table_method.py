@@ -223,21 +223,36 @@ def test_the_outside_part_is_measured_with_the_tables_method(sloped):
     assert outside_chain_ms(resnet, sloped) > 0
 
 
-def test_the_report_lists_the_additivity_the_plans_recorded():
-    recorded = {"table_method": "slope", "segment_sum_ms": 1.0, "outside_ms": 0.1}
-    recorded |= {"base_latency_ms": 1.2, "relative_error": 1.1 / 1.2 - 1}
-    plan = json.dumps({"meta": {"table_additivity": recorded}})
+def test_the_report_lists_the_additivity_the_plans_recorded_one_row_per_table():
+    table_fields = {"table_method": "slope", "segment_sum_ms": 1.0, "outside_ms": 0.1}
+
+    def plan(base_ms: float) -> str:
+        screened = {"base_latency_ms": base_ms, "relative_error": 1.1 / base_ms - 1}
+        return json.dumps({"meta": {"table_additivity": table_fields | screened}})
+
     records = pd.DataFrame(
         {
-            "model": ["m", "m", "m"],
-            "dataset": ["d", "d", "d"],
-            "plan": [plan, plan, None],  # two cells on one table, one without a plan
+            "model": ["m"] * 5,
+            "dataset": ["d"] * 5,
+            # one table: a cell, a cell that shared its screening, two more screenings, no plan
+            "plan": [plan(1.0), plan(1.0), plan(1.1), plan(1.375), None],
         }
     )
 
     table = table_additivity_table(records)
 
-    assert table.to_dict("records") == [{"model": "m", "dataset": "d", **recorded}]
+    assert table.to_dict("records") == [
+        {
+            "model": "m",
+            "dataset": "d",
+            **table_fields,
+            "base_latency_ms": 1.1,
+            "relative_error": pytest.approx(0.0),
+            "relative_error_min": pytest.approx(-0.2),
+            "relative_error_max": pytest.approx(0.1),
+            "base_screenings": 3,
+        }
+    ]
 
 
 def test_depthbench_table_prints_the_method_and_the_additivity_interval(tmp_path):

@@ -64,7 +64,8 @@ Candidate = TypeVar("Candidate")
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 Screen = Callable[[nn.Module], "LatencyResult"]  # a deploy network, timed under table_protocol
 Confirm = Callable[[nn.Module], "LatencyResult"]  # a deploy network, timed under the full protocol
-TableSource = Callable[[Chain, MergeRule], "LatencyTable"]  # T(i, j) of a chain under the profile
+# T(i, j) of a chain under the profile, reporting (done, total) distinct segments as it measures
+TableSource = Callable[[Chain, MergeRule, Callable[[int, int], None]], "LatencyTable"]
 BaseLatency = Callable[[], float]  # the base network's latency (ms) under the full protocol
 
 
@@ -154,7 +155,9 @@ class PlanContext:
         """T(i, j) of the chain under the profile (memoised here; cached across runs by the
         ``tables`` source)."""
         if rule not in self._tables:
-            self._tables[rule] = self.tables(self.chain, rule)
+            self._tables[rule] = self.tables(
+                self.chain, rule, lambda done, total: self.report("latency table", done, total)
+            )
         return self._tables[rule]
 
     def report(self, what: str, done: int, total: int) -> None:

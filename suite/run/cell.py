@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,14 +90,8 @@ def plan_context(
     def confirm(network: nn.Module) -> LatencyResult:
         return measure(network, profile, shape, protocol=profile.protocol)
 
-    def tables(chain: Chain, rule: MergeRule) -> LatencyTable:
-        return build_table(
-            chain, profile, rule, cache, progress=table_progress, map_items=map_items
-        )
-
-    def table_progress(done: int, total: int) -> None:
-        if progress is not None:
-            progress("latency table", done, total)
+    def tables(chain: Chain, rule: MergeRule, progress: Callable[[int, int], None]) -> LatencyTable:
+        return build_table(chain, profile, rule, cache, progress, map_items)
 
     return PlanContext(
         traced=traced,

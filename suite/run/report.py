@@ -80,9 +80,10 @@ _OPTIONAL_COLUMNS = {
 _CONTEXT_COLUMNS = [
     "model", "dataset", "budget_kind", "fidelity", "seeds", "seed", "stable", "status",
 ]  # fmt: skip
+_ADDITIVITY_KEY = ["model", "dataset", "table_method", "segment_sum_ms"]
 _ADDITIVITY_COLUMNS = [
-    "model", "dataset", "table_method", "segment_sum_ms", "outside_ms", "base_latency_ms",
-    "relative_error",
+    *_ADDITIVITY_KEY, "outside_ms", "base_latency_ms", "relative_error", "relative_error_min",
+    "relative_error_max", "base_screenings",
 ]  # fmt: skip
 _UNMEASURED_COLUMNS = [
     "model", "dataset", "method", "budget_kind", "budget_value", "seed", "status", "reason",
@@ -185,9 +186,11 @@ def search_cost(records: pd.DataFrame) -> pd.DataFrame:
 
 def table_additivity_table(records: pd.DataFrame) -> pd.DataFrame:
     """The additivity of every latency table the cells planned on, where their method recorded
-    it (``table_additivity`` in the plan's meta, as dp-depth does): per model, data set and table
-    method, the table's prediction of the base network (single-unit segments + stem, head and
-    call) against its screened latency, and the relative error. Empty when no cell recorded one.
+    it (``table_additivity`` in the plan's meta, as dp-depth does): per model, data set and table,
+    the table's prediction of the base network (single-unit segments + stem, head and call)
+    against its screened latency, and the relative error. Every cell screens the base network
+    afresh, so a table has as many errors as distinct screenings: the row gives their medians,
+    the error's range and the count. Empty when no cell recorded one.
     """
     rows = []
     for model, dataset, plan in zip(
@@ -200,9 +203,14 @@ def table_additivity_table(records: pd.DataFrame) -> pd.DataFrame:
             rows.append({"model": model, "dataset": dataset, **recorded})
     if not rows:
         return pd.DataFrame(columns=_ADDITIVITY_COLUMNS)
-    frame = pd.DataFrame(rows)
-    # cells that planned on the same table and base measurement repeat the same row
-    return frame.drop_duplicates(_ADDITIVITY_COLUMNS)[_ADDITIVITY_COLUMNS].reset_index(drop=True)
+    # cells that planned on the same table and the same base screening repeat the same row
+    frame = pd.DataFrame(rows).drop_duplicates()
+    grouped = frame.groupby(_ADDITIVITY_KEY, sort=False)
+    summary = grouped[["outside_ms", "base_latency_ms", "relative_error"]].median()
+    summary["relative_error_min"] = grouped["relative_error"].min()
+    summary["relative_error_max"] = grouped["relative_error"].max()
+    summary["base_screenings"] = grouped.size()
+    return summary.reset_index()[_ADDITIVITY_COLUMNS]
 
 
 def unmeasured_table(records: pd.DataFrame) -> pd.DataFrame:

@@ -215,9 +215,7 @@ def measure_run_sessions(
             networks={
                 name: SessionNetwork(
                     samples_ms=[repeat.tolist() for repeat in repeats],
-                    fields=latency_fields(
-                        summarize(repeats), profile.protocol.max_cov
-                    ),
+                    fields=latency_fields(summarize(repeats), profile.protocol.max_cov),
                 )
                 for name, repeats in samples.items()
             },
@@ -245,7 +243,8 @@ def with_session_latency(frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
 
     Adds ``latency_source`` (``session``, ``cell``, or empty for unmeasured cells) and the
     cell-time median and interval as ``cell_latency_ms_*``, whatever the source. ``budget_met``
-    is judged again on the session's median where a session measured the cell.
+    is judged again on the session's median where a session measured the cell and the cell had
+    a budget to meet.
     """
     frame = frame.copy()
     for column, kept in CELL_LATENCY_COLUMNS.items():
@@ -262,7 +261,13 @@ def with_session_latency(frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
             for column, value in network.fields.items():
                 frame.loc[rows, column] = value
             frame.loc[rows, "latency_source"] = "session"
-    judged = (frame["latency_source"] == "session").fillna(False) & frame["target_ms"].notna()
+    # only cells that were judged at all: the original has a target (its fraction 1.0) but no
+    # budget to meet
+    judged = (
+        (frame["latency_source"] == "session").fillna(False)
+        & frame["target_ms"].notna()
+        & frame["budget_met"].notna()
+    )
     frame.loc[judged, "budget_met"] = (
         frame.loc[judged, "latency_ms_median"] <= frame.loc[judged, "target_ms"]
     )
