@@ -532,6 +532,25 @@ def test_run_summary_counts_unstable_cells_and_missed_budgets():
     assert any(line.startswith("  infeasible (1):") for line in why)
 
 
+def test_a_missed_budget_is_judged_against_the_target_the_cell_planned_for():
+    """A run's cells carry ``target_ms`` (the budget against the run's base measurement); the
+    original's own latency in the session may differ from it, and the original misses nothing."""
+    from suite.cli.run import budget_missed
+    from suite.run.store import records_frame
+
+    records = [r for r in realistic_run() if r.status == "ok"]
+    base = next(r for r in records if r.method == "original").latency_ms_median
+    planned = [
+        record.model_copy(update={"target_ms": record.budget.value * base * 0.9})
+        for record in records
+    ]  # every cell 10% over a target 10% below the original's fraction
+    over = [r for r in planned if r.method != "original" and r.latency_ms_median > r.target_ms]
+
+    missed = budget_missed(records_frame(planned))
+
+    assert over and sorted(missed["cell_hash"]) == sorted(r.cell_hash for r in over)
+
+
 # artefacts: the plan's network, merge --checkpoint, compress --save-onnx/--save-state-dict
 
 
