@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from suite.cli.report import register
 from suite.console import configure_logging
 from suite.errors import DepthbenchError
-from suite.run.figures import accuracy_figure
+from suite.run.figures import accuracy_figure, distinguishable
 from suite.run.report import results_table, write_report
 from suite.run.store import ResultsStore, records_frame
 from tests.test_report import CPU, GPU, cell, realistic_run
@@ -215,7 +215,8 @@ def test_the_legend_is_outside_the_axes_and_the_global_front_is_behind():
     grey = [line for line in steps if line.get_color() == "0.6"]
     assert len(grey) == 1 and all(grey[0].get_zorder() < line.get_zorder()
                                   for line in steps if line is not grey[0])  # fmt: skip
-    front = table[table["global_front"]].sort_values("latency_ms_median")
+    front = table[table["global_front"]]
+    front = front[distinguishable(front)].sort_values("latency_ms_median")
     assert list(grey[0].get_xdata()) == pytest.approx(list(front["latency_ms_median"]))
     horizontal = [line for line in lines.values() if list(line.get_ydata()) == [original.top1] * 2]
     vertical = [
@@ -302,3 +303,43 @@ def test_cli_refuses_unknown_methods_and_axes(cli, run_dir):
     assert not (run_dir / "report").exists()
     result = CliRunner().invoke(cli, ["report", str(run_dir), "--x", "flops"])
     assert result.exit_code == 2 and "flops" in result.output
+
+
+def front_point(top1, low, high, latency, latency_low, latency_high):
+    return {"top1": top1, "top1_ci_low": low, "top1_ci_high": high, "latency_ms_median": latency,
+            "latency_ms_ci_low": latency_low, "latency_ms_ci_high": latency_high}  # fmt: skip
+
+
+def test_a_front_point_is_distinguishable_when_one_axis_separates_it_from_every_other():
+    front = pd.DataFrame(
+        [
+            front_point(90.0, 89.0, 91.0, 1.00, 0.95, 1.05),  # a
+            front_point(90.5, 90.0, 91.5, 1.02, 1.00, 1.04),  # b: overlaps a on both axes
+            front_point(90.8, 89.5, 92.0, 1.20, 1.15, 1.25),  # c: slower beyond a's and b's noise
+            front_point(95.0, 94.0, 96.0, 1.03, None, None),  # d: no latency interval; top-1 apart
+        ]
+    )
+
+    assert list(distinguishable(front)) == [False, False, True, True]
+
+
+def test_the_plotted_front_skips_points_the_intervals_cannot_tell_apart():
+    """Two cells within each other's noise on both axes, both on the front by their medians:
+    the staircase runs through neither, and both keep their markers."""
+    records = records_frame(
+        [
+            cell("a", 0.5, correct=[1] * 90 + [0] * 10, latency_ms=1.00, noise_ms=0.05),
+            cell("b", 0.5, correct=[1] * 91 + [0] * 9, latency_ms=1.02, noise_ms=0.05),
+            cell("c", 0.5, correct=[1] * 99 + [0], latency_ms=3.0, noise_ms=0.05),
+            cell("original", 1.0, correct=[1] * 99 + [0], latency_ms=3.0, noise_ms=0.05),
+        ]
+    )
+    table = results_table(records)
+    assert set(table.loc[table["global_front"], "method"]) >= {"a", "b"}
+
+    (ax,) = accuracy_figure(table).axes
+
+    grey = [line for line in ax.get_lines() if line.get_color() == "0.6"]
+    assert len(grey) == 1 and not {1.0, 1.02} & set(grey[0].get_xdata())
+    markers = [tuple(xy) for collection in ax.collections for xy in collection.get_offsets()]
+    assert (1.0, 90.0) in markers and (1.02, 91.0) in markers

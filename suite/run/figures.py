@@ -13,6 +13,11 @@ network (model and data set) and draws, back to front:
 - the global front as a thin grey staircase, so that no method's own front hides behind it;
 - each method's 95% interval bars, its front as a staircase in its colour, and its points.
 
+A staircase runs only through the front's points that their intervals tell apart from every
+other point of that front (``distinguishable``): a step between two points whose intervals
+overlap in top-1 and in latency would order what the data cannot. Such points keep their marker
+and their bars, and the tables still mark them as on the front.
+
 Fronts are fronts in latency; against MACs they are not staircases (a merged network can have
 more MACs and still be faster), so that axis shows the points only. The legend sits outside the
 axes. ``save_figure`` writes PNG, SVG with text kept as ``<text>`` elements, and PDF with
@@ -138,16 +143,40 @@ def _draw_network(
         ax.scatter(original["_x"], original["_y"], marker="*", s=140, color="black", zorder=4,
                    label=BASELINE_METHOD)  # fmt: skip
     if x != "macs":
-        _step(ax, data[data["global_front"]], x, **_GLOBAL_FRONT)
+        _step(ax, _told_apart(data[data["global_front"]]), x, **_GLOBAL_FRONT)
     for method, points in data[data["method"] != BASELINE_METHOD].groupby("method", sort=True):
         colour = colours[method]
         ax.errorbar(points["_x"], points["_y"], xerr=[points["_xlo"], points["_xhi"]],
                     yerr=[points["_ylo"], points["_yhi"]], fmt="none", ecolor=colour, alpha=0.45,
                     linewidth=1.0, zorder=2)  # fmt: skip
         if x != "macs":
-            _step(ax, points[points["method_front"]], x, color=colour, linewidth=1.5, zorder=2.5)
+            front = _told_apart(points[points["method_front"]])
+            _step(ax, front, x, color=colour, linewidth=1.5, zorder=2.5)
         ax.scatter(points["_x"], points["_y"], marker=markers[method], color=colour, s=40,
                    edgecolors="white", linewidths=0.5, zorder=3, label=method)  # fmt: skip
+
+
+def distinguishable(front: pd.DataFrame) -> pd.Series:
+    """For each point of a front, whether its 95% intervals tell it apart from every other point
+    of the front: for each other point, their top-1 intervals or their latency intervals do not
+    overlap (a point without an interval is its value)."""
+    columns = ["top1", "top1_ci_low", "top1_ci_high", "latency_ms_median", "latency_ms_ci_low",
+               "latency_ms_ci_high"]  # fmt: skip
+    values = front[columns].astype(float)
+    low_a = values["top1_ci_low"].fillna(values["top1"]).to_numpy()
+    high_a = values["top1_ci_high"].fillna(values["top1"]).to_numpy()
+    low_l = values["latency_ms_ci_low"].fillna(values["latency_ms_median"]).to_numpy()
+    high_l = values["latency_ms_ci_high"].fillna(values["latency_ms_median"]).to_numpy()
+    # [i, j]: the intervals of points i and j overlap on that axis
+    overlap_a = (low_a[:, None] <= high_a[None, :]) & (low_a[None, :] <= high_a[:, None])
+    overlap_l = (low_l[:, None] <= high_l[None, :]) & (low_l[None, :] <= high_l[:, None])
+    confused = overlap_a & overlap_l
+    np.fill_diagonal(confused, False)
+    return pd.Series(~confused.any(axis=1), index=front.index)
+
+
+def _told_apart(front: pd.DataFrame) -> pd.DataFrame:
+    return front[distinguishable(front)] if not front.empty else front
 
 
 def _x_values(data: pd.DataFrame, x: XAxis) -> pd.Series:
