@@ -27,7 +27,14 @@ from suite.run.config import load_experiment
 from suite.run.executors import InProcessExecutor
 from suite.run.grid import default_run_id, grid, run_experiment
 from suite.run.store import ResultsStore, read_consolidated
-from tests.test_runner import PROFILES, TINY, cell_files, depthbench, write_experiment
+from tests.test_runner import (
+    PROFILES,
+    THREE_SLOW_CELLS,
+    TINY,
+    cell_files,
+    depthbench,
+    write_experiment,
+)
 from tests.test_store import make_record
 
 ONE_CELL = {**TINY, "methods": ["original"], "budgets": [0.9]}
@@ -401,7 +408,7 @@ def test_two_runs_of_one_experiment_compute_each_cell_once(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_a_run_with_a_message_and_keeps_finished_cells(tmp_path):
-    config = write_experiment(tmp_path, TINY)
+    config = write_experiment(tmp_path, THREE_SLOW_CELLS)
     loaded = load_experiment(config)
     run_dir = tmp_path / "results" / default_run_id(loaded, grid(loaded))
     arguments = ("run", str(config), "--results", str(tmp_path / "results"))

@@ -44,6 +44,18 @@ TINY = {
 }
 
 
+# Three cells that each fine-tune for seconds on any machine: a signal sent as soon as the first
+# is stored lands while the second runs, however fast the machine (TINY's cells after the first
+# take milliseconds, so a signal could arrive after the run had finished)
+THREE_SLOW_CELLS = {
+    **TINY,
+    "methods": ["original"],
+    "budgets": [0.9],
+    "seeds": [0, 1, 2],
+    "finetune": {"steps": 200, "lr": 0.01, "batch_size": 8},
+}
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path_factory, monkeypatch):
     """Test profiles on the profile path; base networks and latency tables in a private cache."""
@@ -221,7 +233,7 @@ def depthbench(*arguments: str, env: dict[str, str]) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_running_again_keeps_every_finished_cell(tmp_path):
-    config = write_experiment(tmp_path, TINY)
+    config = write_experiment(tmp_path, THREE_SLOW_CELLS)
     env = {
         **os.environ,
         "DEPTHBENCH_PROFILE_PATH": str(PROFILES),
