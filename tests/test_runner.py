@@ -226,9 +226,21 @@ def test_a_checkpoint_of_another_network_is_refused(tmp_path):
 
 
 def depthbench(*arguments: str, env: dict[str, str]) -> subprocess.Popen:
-    """The real CLI in a child process."""
+    """The real CLI in a child process, with Ctrl-C (SIGINT) handled as in a terminal: a test
+    session started in the background (``nohup ... &``) ignores SIGINT, and a child would
+    inherit that."""
     command = [sys.executable, "-c", "from suite.cli.app import main; main()", *arguments]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_default_sigint,
+    )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.slow
